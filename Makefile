@@ -1,0 +1,40 @@
+# `make run` and `make test` set everything up on a fresh machine (Python 3.11+ is all it needs).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: run test test-fast lint typecheck bench install clean stop-embedded
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: $(STAMP)
+	$(PY) -m engine run
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check engine worker tests
+	$(VENV)/bin/ruff format --check engine worker tests
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy engine worker
+
+bench: $(STAMP)
+	$(PY) -m engine bench
+
+stop-embedded: $(STAMP)
+	$(PY) -m engine stop-embedded
+
+clean:
+	rm -rf $(VENV) .data-test

@@ -1,0 +1,1 @@
+"""Redis-backed, high-throughput ticket booking engine."""

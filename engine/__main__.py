@@ -1,0 +1,197 @@
+"""Command line: serve, worker, migrate, createsuperuser, run (everything), demo."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import logging
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Sequence
+
+from engine.settings import Settings, SettingsError, load_settings
+
+log = logging.getLogger("engine")
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level, logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+
+
+def _use_uvloop() -> None:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - optional speed-up
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
+    if args.workers > 1:
+        return _serve_many(args.workers)
+    from aiohttp import web
+
+    from engine.app import create_app
+
+    _use_uvloop()
+    web.run_app(
+        create_app(settings), host=settings.host, port=settings.port,
+        reuse_port=args.reuse_port, access_log=None, print=lambda *_: None,
+        shutdown_timeout=10,
+    )
+    return 0
+
+
+def _serve_many(workers: int) -> int:
+    """One process per core, sharing the port (SO_REUSEPORT)."""
+    children = [
+        subprocess.Popen([sys.executable, "-m", "engine", "serve", "--reuse-port"])
+        for _ in range(workers)
+    ]
+    log.info("serving with %s processes", workers)
+    return _supervise(children)
+
+
+def _supervise(children: list[subprocess.Popen[bytes]]) -> int:
+    stopping = False
+
+    def stop(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    code = 0
+    while children:
+        for child in list(children):
+            rc = child.poll()
+            if rc is None:
+                continue
+            children.remove(child)
+            code = code or rc
+            if not stopping:
+                stop(signal.SIGTERM, None)
+        try:
+            signal.sigtimedwait([signal.SIGCHLD], 0.2)
+        except InterruptedError:
+            pass
+    return code
+
+
+def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
+    from worker.settings import create_worker
+
+    _use_uvloop()
+    asyncio.set_event_loop(asyncio.new_event_loop())
+    create_worker(settings).run()
+    return 0
+
+
+def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
+    from engine.db import migrate
+
+    applied = asyncio.run(migrate(settings.database_url))
+    print(f"applied {len(applied)} migration(s)" + (f": {', '.join(applied)}" if applied else ""))
+    return 0
+
+
+def cmd_createsuperuser(settings: Settings, args: argparse.Namespace) -> int:
+    from engine.auth import create_user, password_problems
+    from engine.db import create_pool
+
+    password = os.environ.get("BOOKING_SUPERUSER_PASSWORD")
+    if not password:
+        password = getpass.getpass("Password: ")
+        if password != getpass.getpass("Password (again): "):
+            print("error: passwords do not match", file=sys.stderr)
+            return 2
+    problems = password_problems(password, args.username)
+    if problems:
+        print("error: " + " ".join(problems), file=sys.stderr)
+        return 2
+
+    async def create() -> bool:
+        pool = await create_pool(settings.database_url, min_size=1, max_size=1)
+        try:
+            row = await create_user(pool, args.username, args.email, password,
+                                    settings.bcrypt_rounds, is_admin=True)
+            return row is not None
+        finally:
+            await pool.close()
+
+    if not asyncio.run(create()):
+        print(f"error: username {args.username!r} is taken", file=sys.stderr)
+        return 2
+    print(f"superuser {args.username!r} created")
+    return 0
+
+
+def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
+    from engine.demo import load_demo
+
+    loaded = asyncio.run(load_demo(settings.database_url))
+    print("demo catalog loaded" if loaded else "catalog not empty: demo not loaded")
+    return 0
+
+
+def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
+    """Everything: migrate, demo catalog if empty, then the API and the worker until Ctrl-C."""
+    cmd_migrate(settings, args)
+    cmd_demo(settings, args)
+    env = dict(os.environ)
+    # The children find the same embedded servers; pass the URLs so they need not look.
+    env.setdefault("DATABASE_URL", settings.database_url)
+    env.setdefault("REDIS_URL", settings.redis_url)
+    env.setdefault("JWT_SECRET", settings.jwt_secret)
+    children = [
+        subprocess.Popen([sys.executable, "-m", "engine", "serve"], env=env),
+        subprocess.Popen([sys.executable, "-m", "engine", "worker"], env=env),
+    ]
+    print(f"API on http://{settings.host}:{settings.port}/  (docs: /swagger/)  Ctrl-C stops")
+    return _supervise(children)
+
+
+def cmd_stop_embedded(settings: Settings, args: argparse.Namespace) -> int:
+    from engine.embedded import stop_embedded
+
+    stop_embedded(settings.data_dir)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m engine")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="serve the API")
+    serve.add_argument("--workers", type=int, default=1, help="processes sharing the port")
+    serve.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
+    sub.add_parser("worker", help="run the arq worker that persists bookings")
+    sub.add_parser("migrate", help="apply migrations/*.sql not yet applied")
+    su = sub.add_parser("createsuperuser", help="create an admin user")
+    su.add_argument("--username", required=True)
+    su.add_argument("--email", required=True)
+    sub.add_parser("demo", help="load the demo catalog if the catalog is empty")
+    sub.add_parser("run", help="migrate, demo catalog, API and worker (what `make run` does)")
+    sub.add_parser("stop-embedded", help="stop the embedded PostgreSQL and Redis servers")
+    args = parser.parse_args(argv)
+
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    _setup_logging(settings.log_level)
+    handler = globals()["cmd_" + args.command.replace("-", "_")]
+    return int(handler(settings, args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,497 @@
+"""Admin portal: movies, shows, bookings and users, for users with is_admin."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import asyncpg
+from aiohttp import web
+from aiohttp_apispec import docs, request_schema, response_schema
+from marshmallow import Schema, ValidationError, fields, validates_schema
+
+from engine import appkeys, keys
+from engine.auth import require_admin
+from engine.booking import SELECT_SHOWS, BookingPageSchema, BookingSchema, cancel
+from engine.catalog import (
+    SELECT_MOVIE,
+    SELECT_SHOW,
+    MoviePageSchema,
+    MovieSchema,
+    ShowSchema,
+    movie_dict,
+    page_of,
+    shows_json,
+)
+from engine.errors import Conflict, InvalidInput, NotFound
+from engine.jsonutil import json_response, raw_json_response
+from engine.seats import SeatEngine, seat_labels, show_json_prefix, to_us
+from engine.validation import (
+    AwareDateTime,
+    Page,
+    StrictInteger,
+    StrictString,
+    iso_utc,
+    parse_body,
+    path_id,
+    query_id,
+)
+
+SECURITY = [{"Bearer": []}]
+PAGE_PARAMS = [
+    {"in": "query", "name": "page", "type": "integer", "required": False},
+    {"in": "query", "name": "page_size", "type": "integer", "required": False},
+]
+
+# --- schemas ---------------------------------------------------------------------------------
+
+
+class MovieWriteSchema(Schema):
+    title = StrictString(required=True, max_length=255)
+    duration_minutes = StrictInteger(required=True, minimum=1, maximum=1000)
+
+
+class MoviePatchSchema(Schema):
+    title = StrictString(max_length=255)
+    duration_minutes = StrictInteger(minimum=1, maximum=1000)
+
+
+class ShowWriteSchema(Schema):
+    movie_id = StrictInteger(required=True, minimum=1, maximum=2**63 - 1)
+    screen_name = StrictString(required=True, max_length=255)
+    date_time = AwareDateTime(required=True)
+    total_seats = StrictInteger(minimum=1, maximum=10000)
+    rows = StrictInteger(minimum=1, maximum=52)
+    seats_per_row = StrictInteger(minimum=1, maximum=200)
+
+    @validates_schema
+    def _layout(self, data: dict[str, Any], **kwargs: Any) -> None:
+        check_layout(data, creating=not self.partial)
+
+
+class ShowPatchSchema(ShowWriteSchema):
+    """Any subset of the show's fields."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(partial=True, **kwargs)
+
+
+def check_layout(data: dict[str, Any], *, creating: bool) -> None:
+    rows, per_row, total = data.get("rows"), data.get("seats_per_row"), data.get("total_seats")
+    if (rows is None) != (per_row is None):
+        raise ValidationError("Give rows and seats_per_row together.", "seats_per_row")
+    if rows is not None and per_row is not None:
+        if rows * per_row > 10000:
+            raise ValidationError("rows x seats_per_row must be at most 10000.", "seats_per_row")
+        if total is not None and total != rows * per_row:
+            raise ValidationError("total_seats must equal rows x seats_per_row.", "total_seats")
+    elif creating and total is None:
+        raise ValidationError("Give total_seats, or rows and seats_per_row.", "total_seats")
+
+
+class AdminShowSchema(ShowSchema):
+    rows = fields.Integer(allow_none=True)
+    seats_per_row = fields.Integer(allow_none=True)
+
+
+class UserAdminSchema(Schema):
+    id = fields.Integer()
+    username = fields.String()
+    email = fields.String()
+    is_active = fields.Boolean()
+    is_admin = fields.Boolean()
+    date_joined = fields.DateTime()
+
+
+class StrictBoolean(fields.Boolean):
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> bool:
+        if not isinstance(value, bool):
+            raise ValidationError("Must be true or false.")
+        return value
+
+
+class UserPatchSchema(Schema):
+    is_active = StrictBoolean()
+    is_admin = StrictBoolean()
+
+
+AdminShowPage = page_of(AdminShowSchema)
+UserPage = page_of(UserAdminSchema)
+
+# --- SQL -------------------------------------------------------------------------------------
+
+COUNT_MOVIES = "SELECT count(*) FROM movies"
+SELECT_MOVIES_BY_ID = "SELECT id, title, duration_minutes FROM movies ORDER BY id LIMIT $1 OFFSET $2"
+INSERT_MOVIE = "INSERT INTO movies (title, duration_minutes) VALUES ($1, $2) RETURNING id, title, duration_minutes"
+UPDATE_MOVIE = """
+UPDATE movies SET title = coalesce($2, title), duration_minutes = coalesce($3, duration_minutes)
+WHERE id = $1 RETURNING id, title, duration_minutes
+"""
+SELECT_MOVIE_SHOW_IDS = "SELECT id FROM shows WHERE movie_id = $1 ORDER BY id"
+MOVIE_HAS_BOOKINGS = """
+SELECT EXISTS (SELECT 1 FROM bookings b JOIN shows s ON s.id = b.show_id WHERE s.movie_id = $1)
+"""
+DELETE_MOVIE = "DELETE FROM movies WHERE id = $1"
+
+COUNT_SHOWS = "SELECT count(*) FROM shows WHERE ($1::bigint IS NULL OR movie_id = $1)"
+SELECT_SHOWS_PAGE = """
+SELECT s.id, s.movie_id, m.title, m.duration_minutes, s.screen_name, s.date_time, s.total_seats,
+       s.seat_rows, s.seats_per_row
+FROM shows s JOIN movies m ON m.id = s.movie_id
+WHERE ($1::bigint IS NULL OR s.movie_id = $1)
+ORDER BY s.date_time, s.id LIMIT $2 OFFSET $3
+"""
+INSERT_SHOW = """
+INSERT INTO shows (movie_id, screen_name, date_time, total_seats, seat_rows, seats_per_row)
+VALUES ($1, $2, $3, $4, $5, $6) RETURNING id
+"""
+LOCK_SHOW_ROW = "SELECT id FROM shows WHERE id = $1 FOR UPDATE"
+SELECT_BOOKED_SEATS = "SELECT seat_number FROM bookings WHERE show_id = $1 AND status = 'booked'"
+UPDATE_SHOW = """
+UPDATE shows SET movie_id = $2, screen_name = $3, date_time = $4, total_seats = $5,
+                 seat_rows = $6, seats_per_row = $7
+WHERE id = $1
+"""
+SHOW_HAS_BOOKINGS = "SELECT EXISTS (SELECT 1 FROM bookings WHERE show_id = $1)"
+DELETE_SHOW = "DELETE FROM shows WHERE id = $1"
+
+COUNT_BOOKINGS = """
+SELECT count(*) FROM bookings
+WHERE ($1::bigint IS NULL OR show_id = $1) AND ($2::bigint IS NULL OR user_id = $2)
+  AND ($3::text IS NULL OR status = $3)
+"""
+SELECT_BOOKINGS = """
+SELECT id, user_id, show_id, seat_number, status, created_at FROM bookings
+WHERE ($1::bigint IS NULL OR show_id = $1) AND ($2::bigint IS NULL OR user_id = $2)
+  AND ($3::text IS NULL OR status = $3)
+ORDER BY created_at DESC, id DESC LIMIT $4 OFFSET $5
+"""
+
+COUNT_USERS = "SELECT count(*) FROM users"
+SELECT_USERS = """
+SELECT id, username, email, is_active, is_admin, date_joined FROM users ORDER BY id LIMIT $1 OFFSET $2
+"""
+SELECT_USER = "SELECT id, username, email, is_active, is_admin, date_joined FROM users WHERE id = $1"
+UPDATE_USER = """
+UPDATE users SET is_active = coalesce($2, is_active), is_admin = coalesce($3, is_admin)
+WHERE id = $1 RETURNING id, username, email, is_active, is_admin, date_joined
+"""
+
+
+def user_dict(row: asyncpg.Record) -> dict[str, Any]:
+    return {"id": row["id"], "username": row["username"], "email": row["email"],
+            "is_active": row["is_active"], "is_admin": row["is_admin"],
+            "date_joined": iso_utc(row["date_joined"])}
+
+
+async def admin_shows(seats: SeatEngine, pool: asyncpg.Pool, rows: list[asyncpg.Record]) -> list[dict[str, Any]]:
+    out = await shows_json(seats, pool, rows)
+    for item, row in zip(out, rows, strict=True):
+        item["rows"] = row["seat_rows"]
+        item["seats_per_row"] = row["seats_per_row"]
+    return out
+
+
+async def admin_show(seats: SeatEngine, pool: asyncpg.Pool, show_id: int) -> dict[str, Any]:
+    row = await pool.fetchrow(SELECT_SHOW, show_id)
+    if row is None:
+        raise NotFound("Show not found.")
+    return (await admin_shows(seats, pool, [row]))[0]
+
+
+async def reshape_in_redis(seats: SeatEngine, row: dict[str, Any] | asyncpg.Record) -> bytes | None:
+    """Apply a show's (new) data to its Redis state if loaded; the conflicting seat, if any."""
+    labels = seat_labels(row["total_seats"], row["seat_rows"], row["seats_per_row"])
+    result = await seats.scripts.reshape_show(
+        keys=keys.show_keys(row["id"])[:3],
+        args=[to_us(row["date_time"]), show_json_prefix(row), ",".join(labels)],
+    )
+    return result[1] if result[0] == b"conflict" else None
+
+
+async def retire(seats: SeatEngine, show_ids: list[int], action: str) -> bool:
+    ok = True
+    for show_id in show_ids:
+        result = await seats.scripts.retire_show(keys=keys.show_keys(show_id), args=[action])
+        ok = ok and result[0] == b"ok"
+    if action == "purge" and show_ids:
+        await seats.redis.srem(keys.LOADED_SHOWS, *show_ids)
+    return ok
+
+
+async def close_shows(seats: SeatEngine, show_ids: list[int]) -> None:
+    """Close shows to new claims; Conflict (and nothing closed) if any has bookings in Redis."""
+    closed: list[int] = []
+    for show_id in show_ids:
+        if not await retire(seats, [show_id], "close"):
+            await retire(seats, closed, "reopen")
+            raise Conflict("This show still has bookings.")
+        closed.append(show_id)
+
+
+# --- handlers --------------------------------------------------------------------------------
+
+routes = web.RouteTableDef()
+
+
+@docs(tags=["Admin"], summary="List movies", security=SECURITY, parameters=PAGE_PARAMS)
+@response_schema(MoviePageSchema, 200)
+@routes.get("/api/admin/movies/")
+async def list_movies(request: web.Request) -> web.Response:
+    await require_admin(request)
+    page = Page(request)
+    pool = request.app[appkeys.PG_POOL]
+    count = await pool.fetchval(COUNT_MOVIES)
+    rows = await pool.fetch(SELECT_MOVIES_BY_ID, page.size, page.offset)
+    return json_response(page.body(count, [movie_dict(r) for r in rows]))
+
+
+@docs(tags=["Admin"], summary="Create a movie", security=SECURITY)
+@request_schema(MovieWriteSchema)
+@response_schema(MovieSchema, 201)
+@routes.post("/api/admin/movies/")
+async def create_movie(request: web.Request) -> web.Response:
+    await require_admin(request)
+    data = await parse_body(request, MovieWriteSchema())
+    row = await request.app[appkeys.PG_POOL].fetchrow(INSERT_MOVIE, data["title"], data["duration_minutes"])
+    return json_response(movie_dict(row), status=201)
+
+
+@docs(tags=["Admin"], summary="One movie", security=SECURITY)
+@response_schema(MovieSchema, 200)
+@routes.get(r"/api/admin/movies/{id}/")
+async def get_movie(request: web.Request) -> web.Response:
+    await require_admin(request)
+    row = await request.app[appkeys.PG_POOL].fetchrow(SELECT_MOVIE, path_id(request))
+    if row is None:
+        raise NotFound("Movie not found.")
+    return json_response(movie_dict(row))
+
+
+@docs(tags=["Admin"], summary="Change a movie", security=SECURITY)
+@request_schema(MoviePatchSchema)
+@response_schema(MovieSchema, 200)
+@routes.patch(r"/api/admin/movies/{id}/")
+async def patch_movie(request: web.Request) -> web.Response:
+    await require_admin(request)
+    movie_id = path_id(request)
+    app = request.app
+    pool, seats = app[appkeys.PG_POOL], app[appkeys.SEATS]
+    if await pool.fetchrow(SELECT_MOVIE, movie_id) is None:
+        raise NotFound("Movie not found.")
+    data = await parse_body(request, MoviePatchSchema())
+    row = await pool.fetchrow(UPDATE_MOVIE, movie_id, data.get("title"), data.get("duration_minutes"))
+    if row is None:
+        raise NotFound("Movie not found.")
+    # The movie is part of every show's JSON that Redis answers bookings with.
+    for show in await pool.fetch(SELECT_MOVIE_SHOW_IDS, movie_id):
+        show_row = await pool.fetchrow(SELECT_SHOW, show["id"])
+        if show_row is not None:
+            await reshape_in_redis(seats, show_row)
+    return json_response(movie_dict(row))
+
+
+@docs(tags=["Admin"], summary="Delete a movie and its shows (409 if it has bookings)",
+      security=SECURITY, responses={204: {"description": "deleted"}})
+@routes.delete(r"/api/admin/movies/{id}/")
+async def delete_movie(request: web.Request) -> web.Response:
+    await require_admin(request)
+    movie_id = path_id(request)
+    pool, seats = request.app[appkeys.PG_POOL], request.app[appkeys.SEATS]
+    if await pool.fetchrow(SELECT_MOVIE, movie_id) is None:
+        raise NotFound("Movie not found.")
+    show_ids = [r["id"] for r in await pool.fetch(SELECT_MOVIE_SHOW_IDS, movie_id)]
+    await close_shows(seats, show_ids)
+    try:
+        async with pool.acquire() as conn, conn.transaction():
+            if await conn.fetchval(MOVIE_HAS_BOOKINGS, movie_id):
+                raise Conflict("This movie still has bookings.")
+            await conn.execute(DELETE_MOVIE, movie_id)
+    except BaseException:
+        await retire(seats, show_ids, "reopen")
+        raise
+    await retire(seats, show_ids, "purge")
+    return web.Response(status=204)
+
+
+@docs(tags=["Admin"], summary="List shows", security=SECURITY,
+      parameters=PAGE_PARAMS + [{"in": "query", "name": "movie", "type": "integer", "required": False}])
+@response_schema(AdminShowPage, 200)
+@routes.get("/api/admin/shows/")
+async def list_shows(request: web.Request) -> web.Response:
+    await require_admin(request)
+    movie = query_id(request, "movie")
+    page = Page(request)
+    pool, seats = request.app[appkeys.PG_POOL], request.app[appkeys.SEATS]
+    count = await pool.fetchval(COUNT_SHOWS, movie)
+    rows = await pool.fetch(SELECT_SHOWS_PAGE, movie, page.size, page.offset)
+    return json_response(page.body(count, await admin_shows(seats, pool, rows)))
+
+
+@docs(tags=["Admin"], summary="Create a show (seats 1..N, or rows x seats_per_row: A1..)",
+      security=SECURITY)
+@request_schema(ShowWriteSchema)
+@response_schema(AdminShowSchema, 201)
+@routes.post("/api/admin/shows/")
+async def create_show(request: web.Request) -> web.Response:
+    await require_admin(request)
+    data = await parse_body(request, ShowWriteSchema())
+    pool, seats = request.app[appkeys.PG_POOL], request.app[appkeys.SEATS]
+    rows, per_row = data.get("rows"), data.get("seats_per_row")
+    total = rows * per_row if rows and per_row else data["total_seats"]
+    try:
+        show_id = await pool.fetchval(INSERT_SHOW, data["movie_id"], data["screen_name"],
+                                      data["date_time"], total, rows, per_row)
+    except asyncpg.ForeignKeyViolationError:
+        raise InvalidInput(errors={"movie_id": ["No movie with this id."]}) from None
+    return json_response(await admin_show(seats, pool, show_id), status=201)
+
+
+@docs(tags=["Admin"], summary="One show", security=SECURITY)
+@response_schema(AdminShowSchema, 200)
+@routes.get(r"/api/admin/shows/{id}/")
+async def get_show(request: web.Request) -> web.Response:
+    await require_admin(request)
+    return json_response(await admin_show(request.app[appkeys.SEATS], request.app[appkeys.PG_POOL],
+                                          path_id(request)))
+
+
+@docs(tags=["Admin"], summary="Change a show (409 if a booked seat would no longer exist)",
+      security=SECURITY)
+@request_schema(ShowPatchSchema)
+@response_schema(AdminShowSchema, 200)
+@routes.patch(r"/api/admin/shows/{id}/")
+async def patch_show(request: web.Request) -> web.Response:
+    await require_admin(request)
+    show_id = path_id(request)
+    pool, seats = request.app[appkeys.PG_POOL], request.app[appkeys.SEATS]
+    old = await pool.fetchrow(SELECT_SHOW, show_id)
+    if old is None:
+        raise NotFound("Show not found.")
+    data = await parse_body(request, ShowPatchSchema())
+    new: dict[str, Any] = dict(old)
+    if "movie_id" in data:
+        movie = await pool.fetchrow(SELECT_MOVIE, data["movie_id"])
+        if movie is None:
+            raise InvalidInput(errors={"movie_id": ["No movie with this id."]})
+        new.update(movie_id=movie["id"], title=movie["title"], duration_minutes=movie["duration_minutes"])
+    for field in ("screen_name", "date_time"):
+        if field in data:
+            new[field] = data[field]
+    if "rows" in data:
+        new.update(seat_rows=data["rows"], seats_per_row=data["seats_per_row"],
+                   total_seats=data["rows"] * data["seats_per_row"])
+    elif "total_seats" in data:
+        new.update(total_seats=data["total_seats"], seat_rows=None, seats_per_row=None)
+    labels = set(seat_labels(new["total_seats"], new["seat_rows"], new["seats_per_row"]))
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute(LOCK_SHOW_ROW, show_id)
+        for r in await conn.fetch(SELECT_BOOKED_SEATS, show_id):
+            if r["seat_number"] not in labels:
+                raise Conflict(f"Seat {r['seat_number']} is booked and would no longer exist.")
+        missing = await reshape_in_redis(seats, new)
+        if missing is not None:
+            raise Conflict(f"Seat {missing.decode()} is booked and would no longer exist.")
+        try:
+            await conn.execute(UPDATE_SHOW, show_id, new["movie_id"], new["screen_name"],
+                               new["date_time"], new["total_seats"], new["seat_rows"],
+                               new["seats_per_row"])
+        except BaseException:
+            await reshape_in_redis(seats, old)
+            raise
+    return json_response(await admin_show(seats, pool, show_id))
+
+
+@docs(tags=["Admin"], summary="Delete a show (409 if it has bookings)", security=SECURITY,
+      responses={204: {"description": "deleted"}})
+@routes.delete(r"/api/admin/shows/{id}/")
+async def delete_show(request: web.Request) -> web.Response:
+    await require_admin(request)
+    show_id = path_id(request)
+    pool, seats = request.app[appkeys.PG_POOL], request.app[appkeys.SEATS]
+    if await pool.fetchrow(SELECT_SHOW, show_id) is None:
+        raise NotFound("Show not found.")
+    await close_shows(seats, [show_id])
+    try:
+        async with pool.acquire() as conn, conn.transaction():
+            await conn.execute(LOCK_SHOW_ROW, show_id)
+            if await conn.fetchval(SHOW_HAS_BOOKINGS, show_id):
+                raise Conflict("This show still has bookings.")
+            await conn.execute(DELETE_SHOW, show_id)
+    except BaseException:
+        await retire(seats, [show_id], "reopen")
+        raise
+    await retire(seats, [show_id], "purge")
+    return web.Response(status=204)
+
+
+@docs(tags=["Admin"], summary="All bookings, newest first (as persisted in PostgreSQL)",
+      security=SECURITY,
+      parameters=PAGE_PARAMS + [
+          {"in": "query", "name": "show", "type": "integer", "required": False},
+          {"in": "query", "name": "user", "type": "integer", "required": False},
+          {"in": "query", "name": "status", "type": "string", "enum": ["booked", "cancelled"],
+           "required": False}])
+@response_schema(BookingPageSchema, 200)
+@routes.get("/api/admin/bookings/")
+async def list_bookings(request: web.Request) -> web.Response:
+    await require_admin(request)
+    show, user = query_id(request, "show"), query_id(request, "user")
+    status = request.query.get("status")
+    if status is not None and status not in ("booked", "cancelled"):
+        raise InvalidInput(errors={"status": ["Must be booked or cancelled."]})
+    page = Page(request)
+    pool, seats = request.app[appkeys.PG_POOL], request.app[appkeys.SEATS]
+    count = await pool.fetchval(COUNT_BOOKINGS, show, user, status)
+    rows = await pool.fetch(SELECT_BOOKINGS, show, user, status, page.size, page.offset)
+    show_ids = sorted({r["show_id"] for r in rows})
+    shows = {s["id"]: s for s in await shows_json(seats, pool, await pool.fetch(SELECT_SHOWS, show_ids))} if show_ids else {}
+    results = [
+        {"id": r["id"], "user_id": r["user_id"], "show": shows[r["show_id"]],
+         "seat_number": r["seat_number"], "status": r["status"],
+         "created_at": iso_utc(r["created_at"])}
+        for r in rows
+    ]
+    return json_response(page.body(count, results))
+
+
+@docs(tags=["Admin"], summary="Cancel anyone's booking (idempotent, also after the show started)",
+      security=SECURITY)
+@response_schema(BookingSchema, 200)
+@routes.post(r"/api/admin/bookings/{id}/cancel/")
+async def admin_cancel(request: web.Request) -> web.Response:
+    principal = await require_admin(request)
+    booking_id = path_id(request)
+    app = request.app
+    body = await cancel(app[appkeys.SEATS], app[appkeys.REDIS], app[appkeys.PG_POOL],
+                        app[appkeys.PERSIST], booking_id, principal.user_id, as_admin=True)
+    return raw_json_response(body)
+
+
+@docs(tags=["Admin"], summary="List users", security=SECURITY, parameters=PAGE_PARAMS)
+@response_schema(UserPage, 200)
+@routes.get("/api/admin/users/")
+async def list_users(request: web.Request) -> web.Response:
+    await require_admin(request)
+    page = Page(request)
+    pool = request.app[appkeys.PG_POOL]
+    count = await pool.fetchval(COUNT_USERS)
+    rows = await pool.fetch(SELECT_USERS, page.size, page.offset)
+    return json_response(page.body(count, [user_dict(r) for r in rows]))
+
+
+@docs(tags=["Admin"], summary="Activate or deactivate a user; grant or revoke admin",
+      security=SECURITY)
+@request_schema(UserPatchSchema)
+@response_schema(UserAdminSchema, 200)
+@routes.patch(r"/api/admin/users/{id}/")
+async def patch_user(request: web.Request) -> web.Response:
+    await require_admin(request)
+    user_id = path_id(request)
+    pool = request.app[appkeys.PG_POOL]
+    if await pool.fetchrow(SELECT_USER, user_id) is None:
+        raise NotFound("User not found.")
+    data = await parse_body(request, UserPatchSchema())
+    row = await pool.fetchrow(UPDATE_USER, user_id, data.get("is_active"), data.get("is_admin"))
+    if row is None:
+        raise NotFound("User not found.")
+    return json_response(user_dict(row))

@@ -1,0 +1,24 @@
+"""Typed application state keys."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import asyncpg
+from aiohttp import web
+from redis.asyncio import Redis
+
+from engine.settings import Settings
+
+if TYPE_CHECKING:
+    from engine.auth import TokenService
+    from engine.persistence import PersistScheduler
+    from engine.seats import SeatEngine
+
+SETTINGS = web.AppKey("settings", Settings)
+PG_POOL = web.AppKey("pg_pool", asyncpg.Pool)
+REDIS = web.AppKey("redis", Redis)
+SEATS: web.AppKey[SeatEngine] = web.AppKey("seats")
+TOKENS: web.AppKey[TokenService] = web.AppKey("tokens")
+PERSIST: web.AppKey[PersistScheduler] = web.AppKey("persist")
+OPENAPI: web.AppKey[dict[str, Any]] = web.AppKey("openapi")

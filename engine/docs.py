@@ -1,0 +1,102 @@
+"""OpenAPI (Swagger 2.0) document built by aiohttp-apispec from the routes' decorators, and the
+Swagger UI (served from the installed package, so it works offline) and ReDoc pages."""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from pathlib import Path
+from typing import Any
+
+import aiohttp_apispec
+from aiohttp import web
+from aiohttp_apispec.aiohttp_apispec import AiohttpApiSpec
+from jinja2 import Template
+from marshmallow.warnings import RemovedInMarshmallow4Warning
+
+from engine import appkeys
+from engine.jsonutil import json_response
+
+SCHEMA_URL = "/schema/"
+SWAGGER_STATIC = "/static/swagger"
+SWAGGER_STATIC_DIR = Path(aiohttp_apispec.__file__).parent / "static"
+TAGS = [
+    {"name": "Auth", "description": "Sign up, log in, refresh tokens"},
+    {"name": "Movies", "description": "The catalog"},
+    {"name": "Shows", "description": "Shows and their free seats"},
+    {"name": "Bookings", "description": "Book, cancel, your bookings"},
+    {"name": "Admin", "description": "For admins: movies, shows, bookings, users"},
+]
+REDOC_PAGE = """<!DOCTYPE html>
+<html><head><title>Booking engine API</title><meta charset="utf-8"/></head>
+<body><redoc spec-url="{url}"></redoc>
+<script src="https://cdn.redoc.ly/redoc/latest/bundles/redoc.standalone.js"></script>
+</body></html>"""
+
+
+def build_openapi(app: web.Application) -> dict[str, Any]:
+    """The Swagger 2.0 document of every documented route of the app."""
+    spec = AiohttpApiSpec(
+        url=None,
+        app=None,
+        title="Ticket booking engine",
+        version="1.0.0",
+        info={"description": "Redis-backed, high-throughput ticket booking API."},
+        securityDefinitions={
+            "Bearer": {
+                "type": "apiKey",
+                "name": "Authorization",
+                "in": "header",
+                "description": 'JWT access token: "Bearer <access>"',
+            }
+        },
+        tags=TAGS,
+        consumes=["application/json"],
+        produces=["application/json"],
+    )
+    for route in app.router.routes():
+        if route.method in ("HEAD", "OPTIONS", "*"):
+            continue
+        documented = getattr(route.handler, "__apispec__", None)
+        path = route.resource.canonical if route.resource is not None else None
+        if documented is None or not path:
+            continue
+        # aiohttp-apispec consumes the data it is given: pass a copy, so that every app built
+        # in this process (tests build many) gets the whole document.
+        spec._update_paths(copy.deepcopy(documented), route.method.lower(), path)
+    return spec.swagger_dict()
+
+
+async def schema_view(request: web.Request) -> web.Response:
+    return json_response(request.app[appkeys.OPENAPI])
+
+
+_swagger_page: str | None = None
+
+
+async def swagger_view(request: web.Request) -> web.Response:
+    global _swagger_page
+    if _swagger_page is None:
+        template = Template((SWAGGER_STATIC_DIR / "index.html").read_text())
+        _swagger_page = template.render(path=SCHEMA_URL, static=SWAGGER_STATIC)
+    return web.Response(text=_swagger_page, content_type="text/html")
+
+
+async def redoc_view(request: web.Request) -> web.Response:
+    return web.Response(text=REDOC_PAGE.format(url=SCHEMA_URL), content_type="text/html")
+
+
+def setup_docs(app: web.Application) -> None:
+    app.router.add_get(SCHEMA_URL, schema_view)
+    app.router.add_get("/swagger/", swagger_view)
+    app.router.add_get("/redoc/", redoc_view)
+    app.router.add_static(SWAGGER_STATIC, SWAGGER_STATIC_DIR)
+
+    async def on_startup(app: web.Application) -> None:
+        with warnings.catch_warnings():
+            # apispec 3 (the newest aiohttp-apispec allows) reads marshmallow 3's deprecated
+            # field attributes; the document it builds is right.
+            warnings.simplefilter("ignore", RemovedInMarshmallow4Warning)
+            app[appkeys.OPENAPI] = build_openapi(app)
+
+    app.on_startup.append(on_startup)

@@ -1,0 +1,110 @@
+"""Domain errors, and the one place where they become the contract's JSON errors."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from engine.jsonutil import json_response
+
+log = logging.getLogger("engine.http")
+
+REQUEST_ID_HEADER = "X-Request-ID"
+
+
+class DomainError(Exception):
+    """An expected failure with an HTTP status in the contract."""
+
+    status = 400
+    detail = "bad request"
+
+    def __init__(self, detail: str | None = None, *, errors: dict[str, list[str]] | None = None):
+        super().__init__(detail or self.detail)
+        self.detail = detail or self.detail
+        self.errors = errors
+
+
+class Unauthorized(DomainError):
+    status = 401
+    detail = "Authentication credentials were not provided or are invalid."
+
+
+class Forbidden(DomainError):
+    status = 403
+    detail = "You do not have permission to perform this action."
+
+
+class NotFound(DomainError):
+    status = 404
+    detail = "Not found."
+
+
+class InvalidInput(DomainError):
+    status = 400
+    detail = "Invalid input."
+
+
+class Conflict(DomainError):
+    status = 409
+    detail = "Conflict."
+
+
+class Unavailable(DomainError):
+    status = 503
+    detail = "A dependency is unavailable; retry shortly."
+    retry_after_s = 2
+
+
+def error_body(detail: str, errors: dict[str, list[str]] | None = None) -> dict[str, object]:
+    body: dict[str, object] = {"detail": detail}
+    if errors:
+        body["errors"] = errors
+    return body
+
+
+_HTTP_DETAILS = {
+    404: "Not found.",
+    405: "Method not allowed.",
+    413: "Request body is too large.",
+}
+
+
+@web.middleware
+async def error_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    incoming = request.headers.get(REQUEST_ID_HEADER, "")
+    request_id = incoming if 0 < len(incoming) <= 64 and incoming.isprintable() else uuid.uuid4().hex
+    try:
+        response = await handler(request)
+    except DomainError as exc:
+        response = json_response(error_body(exc.detail, exc.errors), status=exc.status)
+        if isinstance(exc, Unavailable):
+            response.headers["Retry-After"] = str(exc.retry_after_s)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            exc.headers[REQUEST_ID_HEADER] = request_id
+            raise
+        status = exc.status
+        if status == 413:
+            status = 400  # the contract answers oversized input with 400
+        detail = _HTTP_DETAILS.get(exc.status) or exc.reason
+        response = json_response(error_body(detail), status=status)
+        if exc.status == 405:
+            allow = exc.headers.get("Allow")
+            if allow:
+                response.headers["Allow"] = allow
+    except (ConnectionError, OSError, TimeoutError) as exc:
+        log.warning("dependency unavailable request_id=%s error=%r", request_id, exc)
+        response = json_response(error_body(Unavailable.detail), status=503)
+        response.headers["Retry-After"] = str(Unavailable.retry_after_s)
+    except Exception:
+        log.exception("unexpected error request_id=%s %s %s", request_id, request.method, request.path)
+        response = json_response(
+            error_body(f"Internal server error (request id {request_id})."), status=500
+        )
+    response.headers[REQUEST_ID_HEADER] = request_id
+    return response

@@ -1,0 +1,40 @@
+"""Redis key names, all in one place.
+
+Every key of one show shares the hash tag `{<show id>}` so that a show's scripts run on one
+Redis Cluster slot; the few global keys are never touched by a show's script.
+"""
+
+from __future__ import annotations
+
+# Per show (one hash tag): meta, the seats it has, who holds each seat, its bookings, and the
+# bookings whose latest state PostgreSQL does not have yet.
+SHOW_PREFIX = "show:"
+
+
+def show_keys(show_id: int) -> list[str]:
+    """[meta, seats, held, bookings, pending] of one show, in the order the scripts take them."""
+    tag = f"{SHOW_PREFIX}{{{show_id}}}"
+    return [f"{tag}:meta", f"{tag}:seats", f"{tag}:held", f"{tag}:bookings", f"{tag}:pending"]
+
+
+# Global keys.
+BOOKING_ID_COUNTER = "booking:next-id"
+# Shows with pending records that a persistence job should pick up (a hint; the pending hashes
+# are the truth, and the reconciler scans LOADED_SHOWS for anything a job missed).
+DIRTY_SHOWS = "persist:dirty"
+LOADED_SHOWS = "shows:loaded"
+ARQ_QUEUE = "arq:queue"
+
+
+def user_recent(user_id: int) -> str:
+    """Sorted set of "booking:show" the user changed that PostgreSQL may not have yet."""
+    return f"user:{user_id}:recent"
+
+
+def booking_show(booking_id: int) -> str:
+    """Which show a booking not yet persisted belongs to."""
+    return f"booking:{booking_id}:show"
+
+
+# Recent-booking index entries outlive any sane persistence lag; they are deleted on persist.
+RECENT_TTL_S = 7 * 24 * 3600

@@ -1,0 +1,233 @@
+"""Getting Redis' pending records into PostgreSQL, the source of truth.
+
+The claim and release scripts write every change into the show's pending hash before the API
+answers, so a 201 survives a crash of the API process. The API then marks the show dirty and
+(at most once per time bucket per process) enqueues an arq job; the worker drains the dirty
+shows in batches, writes each show's records in one transaction, and acknowledges only the
+records that did not change meanwhile. The reconciler re-marks any show whose pending records
+no job is carrying (lost job, crashed worker, dropped mark).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+from arq.connections import ArqRedis
+
+from engine import keys
+from engine.seats import BookingRecord, Scripts
+
+log = logging.getLogger("engine.persist")
+
+PERSIST_JOB = "persist_pending"
+# Shows drained by one job; more are left marked for the next one.
+SHOWS_PER_JOB = 200
+
+
+class PersistScheduler:
+    """API side: enqueue one persistence job per time bucket, never on the request's path."""
+
+    def __init__(self, redis: ArqRedis, bucket_ms: int) -> None:
+        self._redis = redis
+        self._bucket_ms = bucket_ms
+        self._scheduled: int = -1
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def schedule(self) -> None:
+        bucket = int(time.time() * 1000) // self._bucket_ms
+        if bucket == self._scheduled:
+            return
+        self._scheduled = bucket
+        task = asyncio.create_task(self._enqueue(bucket))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _enqueue(self, bucket: int) -> None:
+        # The job runs just after its bucket ends, so it sees every record of that bucket.
+        run_at = datetime.fromtimestamp((bucket + 1) * self._bucket_ms / 1000, tz=UTC)
+        try:
+            await self._redis.enqueue_job(
+                PERSIST_JOB, _job_id=f"persist:{bucket}", _defer_until=run_at
+            )
+        except Exception as exc:  # the reconciler covers a lost enqueue
+            log.warning("could not enqueue persistence job: %r", exc)
+
+    async def close(self) -> None:
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+def mark_changed(pipe: Any, show_id: int, user_id: int, booking_ids: list[int], at_us: int) -> None:
+    """Queue (on a pipeline) the global bookkeeping of a claim or release that just succeeded:
+    the user's recent-bookings index, where each booking lives, and the show's dirty mark."""
+    recent = keys.user_recent(user_id)
+    pipe.zadd(recent, {f"{bid}:{show_id}": at_us for bid in booking_ids})
+    pipe.expire(recent, keys.RECENT_TTL_S)
+    for bid in booking_ids:
+        pipe.set(keys.booking_show(bid), show_id, ex=keys.RECENT_TTL_S)
+    pipe.sadd(keys.DIRTY_SHOWS, show_id)
+
+
+# --- worker side -----------------------------------------------------------------------------
+
+UPSERT_CANCELLED = """
+INSERT INTO bookings (id, user_id, show_id, seat_number, status, created_at, cancelled_at)
+SELECT b.id, b.user_id, $1, b.seat, 'cancelled', b.created_at, now()
+FROM unnest($2::bigint[], $3::bigint[], $4::text[], $5::timestamptz[])
+     AS b(id, user_id, seat, created_at)
+ON CONFLICT (id) DO UPDATE SET status = 'cancelled', cancelled_at = now()
+WHERE bookings.status <> 'cancelled'
+"""
+# A cancelled booking never becomes booked again: a replayed or late booked record is a no-op.
+INSERT_BOOKED = """
+INSERT INTO bookings (id, user_id, show_id, seat_number, status, created_at)
+SELECT b.id, b.user_id, $1, b.seat, 'booked', b.created_at
+FROM unnest($2::bigint[], $3::bigint[], $4::text[], $5::timestamptz[])
+     AS b(id, user_id, seat, created_at)
+ON CONFLICT (id) DO NOTHING
+"""
+INSERT_ONE_BOOKED = """
+INSERT INTO bookings (id, user_id, show_id, seat_number, status, created_at)
+VALUES ($1, $2, $3, $4, 'booked', $5) ON CONFLICT (id) DO NOTHING
+"""
+INSERT_ONE_CONFLICTED = """
+INSERT INTO bookings (id, user_id, show_id, seat_number, status, created_at, cancelled_at)
+VALUES ($1, $2, $3, $4, 'cancelled', $5, now()) ON CONFLICT (id) DO NOTHING
+"""
+SELECT_SHOW_EXISTS = "SELECT 1 FROM shows WHERE id = $1"
+# Per-show lock: two jobs persisting the same show never interleave their writes.
+LOCK_SHOW = "SELECT pg_advisory_xact_lock(1, ($1::bigint % 2147483647)::int)"
+
+
+@dataclass
+class PersistResult:
+    shows: int = 0
+    records: int = 0
+    acked: int = 0
+
+
+def _columns(records: list[BookingRecord]) -> tuple[list[int], list[int], list[str], list[datetime]]:
+    return (
+        [r.booking_id for r in records],
+        [r.user_id for r in records],
+        [r.seat for r in records],
+        [datetime.fromtimestamp(r.created_us / 1_000_000, tz=UTC) for r in records],
+    )
+
+
+async def _write_show(conn: asyncpg.Connection, show_id: int, records: list[BookingRecord]) -> None:
+    await conn.execute(LOCK_SHOW, show_id)
+    cancelled = sorted((r for r in records if r.status == "cancelled"), key=lambda r: r.booking_id)
+    booked = sorted((r for r in records if r.status == "booked"), key=lambda r: r.booking_id)
+    if cancelled:
+        await conn.execute(UPSERT_CANCELLED, show_id, *_columns(cancelled))
+    if not booked:
+        return
+    try:
+        async with conn.transaction():
+            await conn.execute(INSERT_BOOKED, show_id, *_columns(booked))
+    except asyncpg.UniqueViolationError:
+        # Only possible after Redis lost state it had not persisted (see README): keep the
+        # seat's holder in PostgreSQL and record the later claim as cancelled, loudly.
+        for r in booked:
+            created = datetime.fromtimestamp(r.created_us / 1_000_000, tz=UTC)
+            try:
+                async with conn.transaction():
+                    await conn.execute(INSERT_ONE_BOOKED, r.booking_id, r.user_id, show_id, r.seat, created)
+            except asyncpg.UniqueViolationError:
+                log.error("double sale refused in PostgreSQL: booking %s show %s seat %s",
+                          r.booking_id, show_id, r.seat)
+                await conn.execute(INSERT_ONE_CONFLICTED, r.booking_id, r.user_id, show_id, r.seat, created)
+
+
+async def persist_shows(
+    redis: ArqRedis, pool: asyncpg.Pool, scripts: Scripts, show_ids: list[int]
+) -> PersistResult:
+    """Write the pending records of these shows to PostgreSQL and acknowledge them in Redis."""
+    result = PersistResult()
+    if not show_ids:
+        return result
+    async with redis.pipeline(transaction=False) as pipe:
+        for show_id in show_ids:
+            pipe.hgetall(keys.show_keys(show_id)[4])
+        snapshots = await pipe.execute()
+    work: list[tuple[int, dict[bytes, bytes], list[BookingRecord]]] = []
+    for show_id, raw in zip(show_ids, snapshots, strict=True):
+        if raw:
+            records = [BookingRecord.parse(int(bid), rec) for bid, rec in raw.items()]
+            work.append((show_id, raw, records))
+    if not work:
+        return result
+    written: list[tuple[int, dict[bytes, bytes], list[BookingRecord]]] = []
+    async with pool.acquire() as conn, conn.transaction():
+        for show_id, raw, records in work:
+            try:
+                async with conn.transaction():
+                    await _write_show(conn, show_id, records)
+            except asyncpg.ForeignKeyViolationError as exc:
+                # A show or user that PostgreSQL does not have: leave the records pending (the
+                # reconciler reports them) rather than block every other show in the batch.
+                log.error("cannot persist show %s: %s", show_id, exc)
+                continue
+            written.append((show_id, raw, records))
+    # Committed: forget what did not change since it was read.
+    async with redis.pipeline(transaction=False) as pipe:
+        for show_id, raw, records in written:
+            args: list[Any] = []
+            for bid, rec in raw.items():
+                args += [bid, rec]
+            show_keys = keys.show_keys(show_id)
+            await scripts.ack_persisted(keys=[show_keys[3], show_keys[4]], args=args, client=pipe)
+            for r in records:
+                pipe.zrem(keys.user_recent(r.user_id), f"{r.booking_id}:{show_id}")
+                pipe.delete(keys.booking_show(r.booking_id))
+        replies = await pipe.execute()
+    position = 0
+    for _, _, records in written:
+        result.shows += 1
+        result.records += len(records)
+        result.acked += int(replies[position])
+        position += 1 + 2 * len(records)
+    return result
+
+
+async def persist_dirty(redis: ArqRedis, pool: asyncpg.Pool, scripts: Scripts) -> PersistResult:
+    """Drain the dirty shows (in rounds of SHOWS_PER_JOB) into PostgreSQL."""
+    total = PersistResult()
+    while True:
+        popped = await redis.spop(keys.DIRTY_SHOWS, SHOWS_PER_JOB)
+        if not popped:
+            return total
+        show_ids = sorted({int(s) for s in popped})
+        try:
+            done = await persist_shows(redis, pool, scripts, show_ids)
+        except BaseException:
+            # Put the marks back so the retry (or the reconciler) finds these shows again.
+            await redis.sadd(keys.DIRTY_SHOWS, *show_ids)
+            raise
+        total.shows += done.shows
+        total.records += done.records
+        total.acked += done.acked
+        if len(popped) < SHOWS_PER_JOB:
+            return total
+
+
+async def mark_unpersisted(redis: ArqRedis) -> list[int]:
+    """Reconciler: mark dirty every loaded show that still has pending records."""
+    show_ids = [int(s) for s in await redis.smembers(keys.LOADED_SHOWS)]
+    if not show_ids:
+        return []
+    async with redis.pipeline(transaction=False) as pipe:
+        for show_id in show_ids:
+            pipe.hlen(keys.show_keys(show_id)[4])
+        counts = await pipe.execute()
+    behind = [sid for sid, n in zip(show_ids, counts, strict=True) if n]
+    if behind:
+        await redis.sadd(keys.DIRTY_SHOWS, *behind)
+    return behind

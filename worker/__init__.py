@@ -1,0 +1,1 @@
+"""The arq worker that persists bookings and cancellations to PostgreSQL."""

@@ -41,8 +41,12 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
 
     _use_uvloop()
     web.run_app(
-        create_app(settings), host=settings.host, port=settings.port,
-        reuse_port=args.reuse_port, access_log=None, print=lambda *_: None,
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        reuse_port=args.reuse_port,
+        access_log=None,
+        print=lambda *_: None,
         shutdown_timeout=10,
     )
     return 0
@@ -122,8 +126,9 @@ def cmd_createsuperuser(settings: Settings, args: argparse.Namespace) -> int:
     async def create() -> bool:
         pool = await create_pool(settings.database_url, min_size=1, max_size=1)
         try:
-            row = await create_user(pool, args.username, args.email, password,
-                                    settings.bcrypt_rounds, is_admin=True)
+            row = await create_user(
+                pool, args.username, args.email, password, settings.bcrypt_rounds, is_admin=True
+            )
             return row is not None
         finally:
             await pool.close()

@@ -120,7 +120,9 @@ UserPage = page_of(UserAdminSchema)
 # --- SQL -------------------------------------------------------------------------------------
 
 COUNT_MOVIES = "SELECT count(*) FROM movies"
-SELECT_MOVIES_BY_ID = "SELECT id, title, duration_minutes FROM movies ORDER BY id LIMIT $1 OFFSET $2"
+SELECT_MOVIES_BY_ID = (
+    "SELECT id, title, duration_minutes FROM movies ORDER BY id LIMIT $1 OFFSET $2"
+)
 INSERT_MOVIE = "INSERT INTO movies (title, duration_minutes) VALUES ($1, $2) RETURNING id, title, duration_minutes"
 UPDATE_MOVIE = """
 UPDATE movies SET title = coalesce($2, title), duration_minutes = coalesce($3, duration_minutes)
@@ -170,7 +172,9 @@ COUNT_USERS = "SELECT count(*) FROM users"
 SELECT_USERS = """
 SELECT id, username, email, is_active, is_admin, date_joined FROM users ORDER BY id LIMIT $1 OFFSET $2
 """
-SELECT_USER = "SELECT id, username, email, is_active, is_admin, date_joined FROM users WHERE id = $1"
+SELECT_USER = (
+    "SELECT id, username, email, is_active, is_admin, date_joined FROM users WHERE id = $1"
+)
 UPDATE_USER = """
 UPDATE users SET is_active = coalesce($2, is_active), is_admin = coalesce($3, is_admin)
 WHERE id = $1 RETURNING id, username, email, is_active, is_admin, date_joined
@@ -178,12 +182,19 @@ WHERE id = $1 RETURNING id, username, email, is_active, is_admin, date_joined
 
 
 def user_dict(row: asyncpg.Record) -> dict[str, Any]:
-    return {"id": row["id"], "username": row["username"], "email": row["email"],
-            "is_active": row["is_active"], "is_admin": row["is_admin"],
-            "date_joined": iso_utc(row["date_joined"])}
+    return {
+        "id": row["id"],
+        "username": row["username"],
+        "email": row["email"],
+        "is_active": row["is_active"],
+        "is_admin": row["is_admin"],
+        "date_joined": iso_utc(row["date_joined"]),
+    }
 
 
-async def admin_shows(seats: SeatEngine, pool: asyncpg.Pool, rows: list[asyncpg.Record]) -> list[dict[str, Any]]:
+async def admin_shows(
+    seats: SeatEngine, pool: asyncpg.Pool, rows: list[asyncpg.Record]
+) -> list[dict[str, Any]]:
     out = await shows_json(seats, pool, rows)
     for item, row in zip(out, rows, strict=True):
         item["rows"] = row["seat_rows"]
@@ -252,7 +263,9 @@ async def list_movies(request: web.Request) -> web.Response:
 async def create_movie(request: web.Request) -> web.Response:
     await require_admin(request)
     data = await parse_body(request, MovieWriteSchema())
-    row = await request.app[appkeys.PG_POOL].fetchrow(INSERT_MOVIE, data["title"], data["duration_minutes"])
+    row = await request.app[appkeys.PG_POOL].fetchrow(
+        INSERT_MOVIE, data["title"], data["duration_minutes"]
+    )
     return json_response(movie_dict(row), status=201)
 
 
@@ -279,7 +292,9 @@ async def patch_movie(request: web.Request) -> web.Response:
     if await pool.fetchrow(SELECT_MOVIE, movie_id) is None:
         raise NotFound("Movie not found.")
     data = await parse_body(request, MoviePatchSchema())
-    row = await pool.fetchrow(UPDATE_MOVIE, movie_id, data.get("title"), data.get("duration_minutes"))
+    row = await pool.fetchrow(
+        UPDATE_MOVIE, movie_id, data.get("title"), data.get("duration_minutes")
+    )
     if row is None:
         raise NotFound("Movie not found.")
     # The movie is part of every show's JSON that Redis answers bookings with.
@@ -290,8 +305,12 @@ async def patch_movie(request: web.Request) -> web.Response:
     return json_response(movie_dict(row))
 
 
-@docs(tags=["Admin"], summary="Delete a movie and its shows (409 if it has bookings)",
-      security=SECURITY, responses={204: {"description": "deleted"}})
+@docs(
+    tags=["Admin"],
+    summary="Delete a movie and its shows (409 if it has bookings)",
+    security=SECURITY,
+    responses={204: {"description": "deleted"}},
+)
 @routes.delete(r"/api/admin/movies/{id}/")
 async def delete_movie(request: web.Request) -> web.Response:
     await require_admin(request)
@@ -313,8 +332,13 @@ async def delete_movie(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
-@docs(tags=["Admin"], summary="List shows", security=SECURITY,
-      parameters=PAGE_PARAMS + [{"in": "query", "name": "movie", "type": "integer", "required": False}])
+@docs(
+    tags=["Admin"],
+    summary="List shows",
+    security=SECURITY,
+    parameters=PAGE_PARAMS
+    + [{"in": "query", "name": "movie", "type": "integer", "required": False}],
+)
 @response_schema(AdminShowPage, 200)
 @routes.get("/api/admin/shows/")
 async def list_shows(request: web.Request) -> web.Response:
@@ -327,8 +351,11 @@ async def list_shows(request: web.Request) -> web.Response:
     return json_response(page.body(count, await admin_shows(seats, pool, rows)))
 
 
-@docs(tags=["Admin"], summary="Create a show (seats 1..N, or rows x seats_per_row: A1..)",
-      security=SECURITY)
+@docs(
+    tags=["Admin"],
+    summary="Create a show (seats 1..N, or rows x seats_per_row: A1..)",
+    security=SECURITY,
+)
 @request_schema(ShowWriteSchema)
 @response_schema(AdminShowSchema, 201)
 @routes.post("/api/admin/shows/")
@@ -339,8 +366,15 @@ async def create_show(request: web.Request) -> web.Response:
     rows, per_row = data.get("rows"), data.get("seats_per_row")
     total = rows * per_row if rows and per_row else data["total_seats"]
     try:
-        show_id = await pool.fetchval(INSERT_SHOW, data["movie_id"], data["screen_name"],
-                                      data["date_time"], total, rows, per_row)
+        show_id = await pool.fetchval(
+            INSERT_SHOW,
+            data["movie_id"],
+            data["screen_name"],
+            data["date_time"],
+            total,
+            rows,
+            per_row,
+        )
     except asyncpg.ForeignKeyViolationError:
         raise InvalidInput(errors={"movie_id": ["No movie with this id."]}) from None
     return json_response(await admin_show(seats, pool, show_id), status=201)
@@ -351,12 +385,16 @@ async def create_show(request: web.Request) -> web.Response:
 @routes.get(r"/api/admin/shows/{id}/")
 async def get_show(request: web.Request) -> web.Response:
     await require_admin(request)
-    return json_response(await admin_show(request.app[appkeys.SEATS], request.app[appkeys.PG_POOL],
-                                          path_id(request)))
+    return json_response(
+        await admin_show(request.app[appkeys.SEATS], request.app[appkeys.PG_POOL], path_id(request))
+    )
 
 
-@docs(tags=["Admin"], summary="Change a show (409 if a booked seat would no longer exist)",
-      security=SECURITY)
+@docs(
+    tags=["Admin"],
+    summary="Change a show (409 if a booked seat would no longer exist)",
+    security=SECURITY,
+)
 @request_schema(ShowPatchSchema)
 @response_schema(AdminShowSchema, 200)
 @routes.patch(r"/api/admin/shows/{id}/")
@@ -373,13 +411,18 @@ async def patch_show(request: web.Request) -> web.Response:
         movie = await pool.fetchrow(SELECT_MOVIE, data["movie_id"])
         if movie is None:
             raise InvalidInput(errors={"movie_id": ["No movie with this id."]})
-        new.update(movie_id=movie["id"], title=movie["title"], duration_minutes=movie["duration_minutes"])
+        new.update(
+            movie_id=movie["id"], title=movie["title"], duration_minutes=movie["duration_minutes"]
+        )
     for field in ("screen_name", "date_time"):
         if field in data:
             new[field] = data[field]
     if "rows" in data:
-        new.update(seat_rows=data["rows"], seats_per_row=data["seats_per_row"],
-                   total_seats=data["rows"] * data["seats_per_row"])
+        new.update(
+            seat_rows=data["rows"],
+            seats_per_row=data["seats_per_row"],
+            total_seats=data["rows"] * data["seats_per_row"],
+        )
     elif "total_seats" in data:
         new.update(total_seats=data["total_seats"], seat_rows=None, seats_per_row=None)
     labels = set(seat_labels(new["total_seats"], new["seat_rows"], new["seats_per_row"]))
@@ -392,17 +435,28 @@ async def patch_show(request: web.Request) -> web.Response:
         if missing is not None:
             raise Conflict(f"Seat {missing.decode()} is booked and would no longer exist.")
         try:
-            await conn.execute(UPDATE_SHOW, show_id, new["movie_id"], new["screen_name"],
-                               new["date_time"], new["total_seats"], new["seat_rows"],
-                               new["seats_per_row"])
+            await conn.execute(
+                UPDATE_SHOW,
+                show_id,
+                new["movie_id"],
+                new["screen_name"],
+                new["date_time"],
+                new["total_seats"],
+                new["seat_rows"],
+                new["seats_per_row"],
+            )
         except BaseException:
             await reshape_in_redis(seats, old)
             raise
     return json_response(await admin_show(seats, pool, show_id))
 
 
-@docs(tags=["Admin"], summary="Delete a show (409 if it has bookings)", security=SECURITY,
-      responses={204: {"description": "deleted"}})
+@docs(
+    tags=["Admin"],
+    summary="Delete a show (409 if it has bookings)",
+    security=SECURITY,
+    responses={204: {"description": "deleted"}},
+)
 @routes.delete(r"/api/admin/shows/{id}/")
 async def delete_show(request: web.Request) -> web.Response:
     await require_admin(request)
@@ -424,13 +478,23 @@ async def delete_show(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
-@docs(tags=["Admin"], summary="All bookings, newest first (as persisted in PostgreSQL)",
-      security=SECURITY,
-      parameters=PAGE_PARAMS + [
-          {"in": "query", "name": "show", "type": "integer", "required": False},
-          {"in": "query", "name": "user", "type": "integer", "required": False},
-          {"in": "query", "name": "status", "type": "string", "enum": ["booked", "cancelled"],
-           "required": False}])
+@docs(
+    tags=["Admin"],
+    summary="All bookings, newest first (as persisted in PostgreSQL)",
+    security=SECURITY,
+    parameters=PAGE_PARAMS
+    + [
+        {"in": "query", "name": "show", "type": "integer", "required": False},
+        {"in": "query", "name": "user", "type": "integer", "required": False},
+        {
+            "in": "query",
+            "name": "status",
+            "type": "string",
+            "enum": ["booked", "cancelled"],
+            "required": False,
+        },
+    ],
+)
 @response_schema(BookingPageSchema, 200)
 @routes.get("/api/admin/bookings/")
 async def list_bookings(request: web.Request) -> web.Response:
@@ -444,26 +508,48 @@ async def list_bookings(request: web.Request) -> web.Response:
     count = await pool.fetchval(COUNT_BOOKINGS, show, user, status)
     rows = await pool.fetch(SELECT_BOOKINGS, show, user, status, page.size, page.offset)
     show_ids = sorted({r["show_id"] for r in rows})
-    shows = {s["id"]: s for s in await shows_json(seats, pool, await pool.fetch(SELECT_SHOWS, show_ids))} if show_ids else {}
+    shows = (
+        {
+            s["id"]: s
+            for s in await shows_json(seats, pool, await pool.fetch(SELECT_SHOWS, show_ids))
+        }
+        if show_ids
+        else {}
+    )
     results = [
-        {"id": r["id"], "user_id": r["user_id"], "show": shows[r["show_id"]],
-         "seat_number": r["seat_number"], "status": r["status"],
-         "created_at": iso_utc(r["created_at"])}
+        {
+            "id": r["id"],
+            "user_id": r["user_id"],
+            "show": shows[r["show_id"]],
+            "seat_number": r["seat_number"],
+            "status": r["status"],
+            "created_at": iso_utc(r["created_at"]),
+        }
         for r in rows
     ]
     return json_response(page.body(count, results))
 
 
-@docs(tags=["Admin"], summary="Cancel anyone's booking (idempotent, also after the show started)",
-      security=SECURITY)
+@docs(
+    tags=["Admin"],
+    summary="Cancel anyone's booking (idempotent, also after the show started)",
+    security=SECURITY,
+)
 @response_schema(BookingSchema, 200)
 @routes.post(r"/api/admin/bookings/{id}/cancel/")
 async def admin_cancel(request: web.Request) -> web.Response:
     principal = await require_admin(request)
     booking_id = path_id(request)
     app = request.app
-    body = await cancel(app[appkeys.SEATS], app[appkeys.REDIS], app[appkeys.PG_POOL],
-                        app[appkeys.PERSIST], booking_id, principal.user_id, as_admin=True)
+    body = await cancel(
+        app[appkeys.SEATS],
+        app[appkeys.REDIS],
+        app[appkeys.PG_POOL],
+        app[appkeys.PERSIST],
+        booking_id,
+        principal.user_id,
+        as_admin=True,
+    )
     return raw_json_response(body)
 
 
@@ -479,8 +565,11 @@ async def list_users(request: web.Request) -> web.Response:
     return json_response(page.body(count, [user_dict(r) for r in rows]))
 
 
-@docs(tags=["Admin"], summary="Activate or deactivate a user; grant or revoke admin",
-      security=SECURITY)
+@docs(
+    tags=["Admin"],
+    summary="Activate or deactivate a user; grant or revoke admin",
+    security=SECURITY,
+)
 @request_schema(UserPatchSchema)
 @response_schema(UserAdminSchema, 200)
 @routes.patch(r"/api/admin/users/{id}/")

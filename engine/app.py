@@ -25,7 +25,9 @@ MAX_BODY_BYTES = 64 * 1024
 def redis_client(url: str, *, max_connections: int = 64) -> ArqRedis:
     """One client for the seat scripts and for enqueuing jobs (arq's Redis is redis-py's)."""
     return ArqRedis.from_url(
-        url, max_connections=max_connections, socket_connect_timeout=2,
+        url,
+        max_connections=max_connections,
+        socket_connect_timeout=2,
         health_check_interval=30,
     )
 
@@ -40,8 +42,9 @@ async def _pools(app: web.Application) -> AsyncIterator[None]:
     app[appkeys.REDIS] = redis
     app[appkeys.SEATS] = seats
     app[appkeys.PERSIST] = PersistScheduler(redis, settings.persist_bucket_ms)
-    app[appkeys.TOKENS] = TokenService(settings.jwt_secret, settings.access_ttl_s,
-                                       settings.refresh_ttl_s, settings.jwt_leeway_s)
+    app[appkeys.TOKENS] = TokenService(
+        settings.jwt_secret, settings.access_ttl_s, settings.refresh_ttl_s, settings.jwt_leeway_s
+    )
     yield
     await app[appkeys.PERSIST].close()
     await redis.aclose()
@@ -53,8 +56,9 @@ def create_app(settings: Settings | None = None) -> web.Application:
     app = web.Application(
         middlewares=[
             error_middleware,
-            normalize_path_middleware(append_slash=True, remove_slash=False,
-                                      redirect_class=web.HTTPPermanentRedirect),
+            normalize_path_middleware(
+                append_slash=True, remove_slash=False, redirect_class=web.HTTPPermanentRedirect
+            ),
         ],
         client_max_size=MAX_BODY_BYTES,
     )

@@ -34,6 +34,7 @@ _TOKEN_CACHE_SIZE = 50_000
 
 # --- passwords -------------------------------------------------------------------------------
 
+
 def _prehash(password: str) -> bytes:
     """bcrypt reads 72 bytes at most: hash first so every character of a long password counts."""
     return base64.b64encode(hashlib.sha256(password.encode("utf-8", "surrogatepass")).digest())
@@ -73,6 +74,7 @@ def password_problems(password: str, username: str) -> list[str]:
 
 # --- tokens ----------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True, slots=True)
 class Principal:
     user_id: int
@@ -107,8 +109,13 @@ class TokenService:
 
     def refresh_token(self, user_id: int, jti: uuid.UUID, expires_at: int) -> str:
         return self._encode(
-            {"sub": str(user_id), "typ": REFRESH, "iat": int(time.time()), "exp": expires_at,
-             "jti": str(jti)}
+            {
+                "sub": str(user_id),
+                "typ": REFRESH,
+                "iat": int(time.time()),
+                "exp": expires_at,
+                "jti": str(jti),
+            }
         )
 
     def decode(self, token: str, expected_type: str) -> dict[str, Any]:
@@ -125,8 +132,11 @@ class TokenService:
         except jwt.PyJWTError:
             raise Unauthorized("Token is invalid.") from None
         if claims.get("typ") != expected_type:
-            raise Unauthorized(f"Token is not an {expected_type} token." if expected_type == ACCESS
-                               else f"Token is not a {expected_type} token.")
+            raise Unauthorized(
+                f"Token is not an {expected_type} token."
+                if expected_type == ACCESS
+                else f"Token is not a {expected_type} token."
+            )
         sub = claims.get("sub")
         if not isinstance(sub, str) or not sub.isdigit():
             raise Unauthorized("Token is invalid.")
@@ -197,8 +207,13 @@ DELETE_EXPIRED_REFRESH = "DELETE FROM refresh_tokens WHERE expires_at < now() - 
 
 
 async def create_user(
-    pool: asyncpg.Pool, username: str, email: str, password: str, rounds: int,
-    *, is_admin: bool = False,
+    pool: asyncpg.Pool,
+    username: str,
+    email: str,
+    password: str,
+    rounds: int,
+    *,
+    is_admin: bool = False,
 ) -> asyncpg.Record | None:
     """Insert a user; None when the username is taken."""
     hashed = await hash_password(password, rounds)
@@ -206,7 +221,10 @@ async def create_user(
 
 
 async def issue_pair(
-    pool: asyncpg.Pool, tokens: TokenService, user_id: int, is_admin: bool,
+    pool: asyncpg.Pool,
+    tokens: TokenService,
+    user_id: int,
+    is_admin: bool,
     conn: asyncpg.Connection | None = None,
 ) -> dict[str, str]:
     jti = uuid.uuid4()
@@ -222,7 +240,9 @@ async def issue_pair(
 _DUMMY_HASH = hash_password_sync("not a real password", 4)
 
 
-async def login(pool: asyncpg.Pool, tokens: TokenService, username: str, password: str) -> dict[str, str]:
+async def login(
+    pool: asyncpg.Pool, tokens: TokenService, username: str, password: str
+) -> dict[str, str]:
     row = await pool.fetchrow(SELECT_LOGIN, username)
     if row is None:
         await check_password(password, _DUMMY_HASH)
@@ -247,12 +267,22 @@ async def refresh(pool: asyncpg.Pool, tokens: TokenService, token: str) -> dict[
 
 # --- schemas ---------------------------------------------------------------------------------
 
+
 class SignupSchema(Schema):
-    username = StrictString(required=True, max_length=150, trim=False,
-                            metadata={"description": "letters, digits and @.+-_"})
+    username = StrictString(
+        required=True,
+        max_length=150,
+        trim=False,
+        metadata={"description": "letters, digits and @.+-_"},
+    )
     email = fields.Email(required=True, validate=lambda s: len(s) <= 254)
-    password = StrictString(required=True, min_length=1, max_length=100_000, trim=False,
-                            metadata={"minLength": 8, "maxLength": 128})
+    password = StrictString(
+        required=True,
+        min_length=1,
+        max_length=100_000,
+        trim=False,
+        metadata={"minLength": 8, "maxLength": 128},
+    )
 
     @validates_schema
     def _check(self, data: dict[str, Any], **kwargs: Any) -> None:
@@ -305,36 +335,55 @@ class ErrorSchema(Schema):
 routes = web.RouteTableDef()
 
 
-@docs(tags=["Auth"], summary="Create an account",
-      responses={201: {"description": "created"}, 400: {"description": "invalid input"}})
+@docs(
+    tags=["Auth"],
+    summary="Create an account",
+    responses={201: {"description": "created"}, 400: {"description": "invalid input"}},
+)
 @request_schema(SignupSchema)
 @response_schema(UserSchema, 201)
 @routes.post("/api/auth/signup/")
 async def signup(request: web.Request) -> web.Response:
     data = await parse_body(request, SignupSchema())
     settings = request.app[appkeys.SETTINGS]
-    user = await create_user(request.app[appkeys.PG_POOL], data["username"], data["email"],
-                             data["password"], settings.bcrypt_rounds)
+    user = await create_user(
+        request.app[appkeys.PG_POOL],
+        data["username"],
+        data["email"],
+        data["password"],
+        settings.bcrypt_rounds,
+    )
     if user is None:
         raise InvalidInput(errors={"username": ["A user with that username already exists."]})
-    return json_response({"id": user["id"], "username": user["username"], "email": user["email"]},
-                         status=201)
+    return json_response(
+        {"id": user["id"], "username": user["username"], "email": user["email"]}, status=201
+    )
 
 
-@docs(tags=["Auth"], summary="Log in: an access and a refresh token",
-      responses={200: {"description": "tokens"}, 401: {"description": "wrong credentials"}})
+@docs(
+    tags=["Auth"],
+    summary="Log in: an access and a refresh token",
+    responses={200: {"description": "tokens"}, 401: {"description": "wrong credentials"}},
+)
 @request_schema(LoginSchema)
 @response_schema(TokenPairSchema, 200)
 @routes.post("/api/auth/login/")
 async def login_view(request: web.Request) -> web.Response:
     data = await parse_body(request, LoginSchema())
-    pair = await login(request.app[appkeys.PG_POOL], request.app[appkeys.TOKENS],
-                       data["username"], data["password"])
+    pair = await login(
+        request.app[appkeys.PG_POOL],
+        request.app[appkeys.TOKENS],
+        data["username"],
+        data["password"],
+    )
     return json_response(pair)
 
 
-@docs(tags=["Auth"], summary="Rotate a refresh token into a new pair",
-      responses={200: {"description": "tokens"}, 401: {"description": "invalid refresh token"}})
+@docs(
+    tags=["Auth"],
+    summary="Rotate a refresh token into a new pair",
+    responses={200: {"description": "tokens"}, 401: {"description": "invalid refresh token"}},
+)
 @request_schema(RefreshSchema)
 @response_schema(TokenPairSchema, 200)
 @routes.post("/api/auth/token/refresh/")
@@ -344,8 +393,12 @@ async def refresh_view(request: web.Request) -> web.Response:
     return json_response(pair)
 
 
-@docs(tags=["Auth"], summary="The current user", security=[{"Bearer": []}],
-      responses={200: {"description": "the user"}, 401: {"description": "not authenticated"}})
+@docs(
+    tags=["Auth"],
+    summary="The current user",
+    security=[{"Bearer": []}],
+    responses={200: {"description": "the user"}, 401: {"description": "not authenticated"}},
+)
 @response_schema(MeSchema, 200)
 @routes.get("/api/auth/me/")
 async def me(request: web.Request) -> web.Response:
@@ -353,5 +406,11 @@ async def me(request: web.Request) -> web.Response:
     row = await request.app[appkeys.PG_POOL].fetchrow(SELECT_ME, principal.user_id)
     if row is None or not row["is_active"]:
         raise Unauthorized("User is inactive or does not exist.")
-    return json_response({"id": row["id"], "username": row["username"], "email": row["email"],
-                          "is_admin": row["is_admin"]})
+    return json_response(
+        {
+            "id": row["id"],
+            "username": row["username"],
+            "email": row["email"],
+            "is_admin": row["is_admin"],
+        }
+    )

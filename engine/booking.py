@@ -22,7 +22,9 @@ from engine.validation import Page, path_id, read_json
 SELECT_BOOKING = """
 SELECT id, user_id, show_id, seat_number, status, created_at FROM bookings WHERE id = $1
 """
-COUNT_USER_BOOKINGS = "SELECT count(*) FROM bookings WHERE user_id = $1 AND NOT (id = ANY($2::bigint[]))"
+COUNT_USER_BOOKINGS = (
+    "SELECT count(*) FROM bookings WHERE user_id = $1 AND NOT (id = ANY($2::bigint[]))"
+)
 SELECT_USER_BOOKINGS = """
 SELECT id, user_id, show_id, seat_number, status, created_at FROM bookings
 WHERE user_id = $1 AND NOT (id = ANY($2::bigint[]))
@@ -49,8 +51,12 @@ async def show_exists(seats: SeatEngine, pool: asyncpg.Pool, show_id: int) -> bo
 
 
 async def book(
-    seats: SeatEngine, redis: ArqRedis, persist: PersistScheduler,
-    show_id: int, user_id: int, seat: str,
+    seats: SeatEngine,
+    redis: ArqRedis,
+    persist: PersistScheduler,
+    show_id: int,
+    user_id: int,
+    seat: str,
 ) -> bytes:
     """Claim a seat; the answer is only sent once the claim is recorded for persistence."""
     at = now_us()
@@ -62,7 +68,9 @@ async def book(
     return booking_json(booking_ids[0], show_json(show_prefix, available), seat, "booked", at)
 
 
-async def locate(redis: ArqRedis, pool: asyncpg.Pool, booking_id: int) -> tuple[int, asyncpg.Record | None] | None:
+async def locate(
+    redis: ArqRedis, pool: asyncpg.Pool, booking_id: int
+) -> tuple[int, asyncpg.Record | None] | None:
     """(show id, PostgreSQL row or None) of a booking, or None if it does not exist."""
     cached = await redis.get(keys.booking_show(booking_id))
     if cached is not None:
@@ -74,8 +82,14 @@ async def locate(redis: ArqRedis, pool: asyncpg.Pool, booking_id: int) -> tuple[
 
 
 async def cancel(
-    seats: SeatEngine, redis: ArqRedis, pool: asyncpg.Pool, persist: PersistScheduler,
-    booking_id: int, actor_id: int, *, as_admin: bool,
+    seats: SeatEngine,
+    redis: ArqRedis,
+    pool: asyncpg.Pool,
+    persist: PersistScheduler,
+    booking_id: int,
+    actor_id: int,
+    *,
+    as_admin: bool,
 ) -> bytes:
     """Cancel a booking (idempotent). The owner may not once the show started; an admin may."""
     found = await locate(redis, pool, booking_id)
@@ -83,8 +97,9 @@ async def cancel(
         raise NotFound("Booking not found.")
     show_id, row = found
     at = now_us()
-    released = await seats.release(show_id, booking_id, 0 if as_admin else actor_id, at,
-                                   enforce_start=not as_admin)
+    released = await seats.release(
+        show_id, booking_id, 0 if as_admin else actor_id, at, enforce_start=not as_admin
+    )
     if released is None:
         # Redis no longer knows it: a cancelled booking that was persisted (or an unknown id).
         row = row or await pool.fetchrow(SELECT_BOOKING, booking_id)
@@ -96,26 +111,35 @@ async def cancel(
             raise Unavailable("This booking is being reconciled; retry shortly.")
         state = await seats.show_state(show_id)
         show = await _show_for(seats, pool, show_id, state)
-        return booking_json(booking_id, show, row["seat_number"], "cancelled",
-                            int(row["created_at"].timestamp() * 1_000_000))
+        return booking_json(
+            booking_id,
+            show,
+            row["seat_number"],
+            "cancelled",
+            int(row["created_at"].timestamp() * 1_000_000),
+        )
     record, available, show_prefix = released
     async with redis.pipeline(transaction=False) as pipe:
         mark_changed(pipe, show_id, record.user_id, [booking_id], record.created_us)
         await pipe.execute()
     persist.schedule()
-    return booking_json(booking_id, show_json(show_prefix, available), record.seat, "cancelled",
-                        record.created_us)
+    return booking_json(
+        booking_id, show_json(show_prefix, available), record.seat, "cancelled", record.created_us
+    )
 
 
-async def _show_for(seats: SeatEngine, pool: asyncpg.Pool, show_id: int,
-                    state: tuple[int, str] | None) -> str:
+async def _show_for(
+    seats: SeatEngine, pool: asyncpg.Pool, show_id: int, state: tuple[int, str] | None
+) -> str:
     if state is not None:
         return show_json(state[1], state[0])
     rows = await pool.fetch(SELECT_SHOWS, [show_id])
     return dumps((await shows_json(seats, pool, rows))[0]).decode()
 
 
-async def recent_records(seats: SeatEngine, redis: ArqRedis, user_id: int) -> list[tuple[int, BookingRecord]]:
+async def recent_records(
+    seats: SeatEngine, redis: ArqRedis, user_id: int
+) -> list[tuple[int, BookingRecord]]:
     """(show id, record) of the user's bookings whose latest state may not be in PostgreSQL."""
     members = await redis.zrange(keys.user_recent(user_id), 0, -1)
     by_show: dict[int, list[int]] = {}
@@ -147,8 +171,13 @@ async def my_bookings(
         (r.created_us, r.booking_id, sid, r.seat, r.status) for sid, r in recent
     ]
     items += [
-        (int(r["created_at"].timestamp() * 1_000_000), r["id"], r["show_id"], r["seat_number"],
-         r["status"])
+        (
+            int(r["created_at"].timestamp() * 1_000_000),
+            r["id"],
+            r["show_id"],
+            r["seat_number"],
+            r["status"],
+        )
         for r in rows
     ]
     items.sort(key=lambda i: (i[0], i[1]), reverse=True)
@@ -157,8 +186,13 @@ async def my_bookings(
     show_rows = await pool.fetch(SELECT_SHOWS, show_ids) if show_ids else []
     shows = {s["id"]: s for s in await shows_json(seats, pool, show_rows)}
     results = [
-        {"id": bid, "show": shows[sid], "seat_number": seat, "status": status,
-         "created_at": iso_from_us(created)}
+        {
+            "id": bid,
+            "show": shows[sid],
+            "seat_number": seat,
+            "status": status,
+            "created_at": iso_from_us(created),
+        }
         for created, bid, sid, seat, status in window
         if sid in shows
     ]
@@ -167,10 +201,16 @@ async def my_bookings(
 
 # --- schemas ---------------------------------------------------------------------------------
 
+
 class BookRequestSchema(Schema):
-    seat_number = fields.Raw(required=True, metadata={
-        "type": "string", "example": "A1",
-        "description": "seat label; an integer is read as its decimal label"})
+    seat_number = fields.Raw(
+        required=True,
+        metadata={
+            "type": "string",
+            "example": "A1",
+            "description": "seat label; an integer is read as its decimal label",
+        },
+    )
 
 
 class BookingSchema(Schema):
@@ -189,10 +229,18 @@ BookingPageSchema = page_of(BookingSchema)
 routes = web.RouteTableDef()
 
 
-@docs(tags=["Bookings"], summary="Book a seat", security=[{"Bearer": []}],
-      responses={201: {"description": "booked"}, 400: {"description": "no such seat"},
-                 401: {"description": "not authenticated"}, 404: {"description": "unknown show"},
-                 409: {"description": "seat taken, show full or started"}})
+@docs(
+    tags=["Bookings"],
+    summary="Book a seat",
+    security=[{"Bearer": []}],
+    responses={
+        201: {"description": "booked"},
+        400: {"description": "no such seat"},
+        401: {"description": "not authenticated"},
+        404: {"description": "unknown show"},
+        409: {"description": "seat taken, show full or started"},
+    },
+)
 @request_schema(BookRequestSchema)
 @response_schema(BookingSchema, 201)
 @routes.post(r"/api/shows/{id}/book/")
@@ -211,35 +259,62 @@ async def book_view(request: web.Request) -> web.Response:
         if not await show_exists(app[appkeys.SEATS], app[appkeys.PG_POOL], show_id):
             raise NotFound("Show not found.") from None
         raise
-    body = await book(app[appkeys.SEATS], app[appkeys.REDIS], app[appkeys.PERSIST],
-                      show_id, principal.user_id, seat)
+    body = await book(
+        app[appkeys.SEATS],
+        app[appkeys.REDIS],
+        app[appkeys.PERSIST],
+        show_id,
+        principal.user_id,
+        seat,
+    )
     return raw_json_response(body, status=201)
 
 
-@docs(tags=["Bookings"], summary="Cancel one of your bookings (idempotent)",
-      security=[{"Bearer": []}],
-      responses={200: {"description": "cancelled"}, 403: {"description": "not your booking"},
-                 404: {"description": "unknown booking"}, 409: {"description": "show started"}})
+@docs(
+    tags=["Bookings"],
+    summary="Cancel one of your bookings (idempotent)",
+    security=[{"Bearer": []}],
+    responses={
+        200: {"description": "cancelled"},
+        403: {"description": "not your booking"},
+        404: {"description": "unknown booking"},
+        409: {"description": "show started"},
+    },
+)
 @response_schema(BookingSchema, 200)
 @routes.post(r"/api/bookings/{id}/cancel/")
 async def cancel_view(request: web.Request) -> web.Response:
     principal = require_user(request)
     booking_id = path_id(request)
     app = request.app
-    body = await cancel(app[appkeys.SEATS], app[appkeys.REDIS], app[appkeys.PG_POOL],
-                        app[appkeys.PERSIST], booking_id, principal.user_id, as_admin=False)
+    body = await cancel(
+        app[appkeys.SEATS],
+        app[appkeys.REDIS],
+        app[appkeys.PG_POOL],
+        app[appkeys.PERSIST],
+        booking_id,
+        principal.user_id,
+        as_admin=False,
+    )
     return raw_json_response(body)
 
 
-@docs(tags=["Bookings"], summary="Your bookings, newest first", security=[{"Bearer": []}],
-      parameters=[{"in": "query", "name": "page", "type": "integer", "required": False},
-                  {"in": "query", "name": "page_size", "type": "integer", "required": False}])
+@docs(
+    tags=["Bookings"],
+    summary="Your bookings, newest first",
+    security=[{"Bearer": []}],
+    parameters=[
+        {"in": "query", "name": "page", "type": "integer", "required": False},
+        {"in": "query", "name": "page_size", "type": "integer", "required": False},
+    ],
+)
 @response_schema(BookingPageSchema, 200)
 @routes.get("/api/my-bookings/")
 async def my_bookings_view(request: web.Request) -> web.Response:
     principal = require_user(request)
     page = Page(request)
     app = request.app
-    body = await my_bookings(app[appkeys.SEATS], app[appkeys.REDIS], app[appkeys.PG_POOL],
-                             principal.user_id, page)
+    body = await my_bookings(
+        app[appkeys.SEATS], app[appkeys.REDIS], app[appkeys.PG_POOL], principal.user_id, page
+    )
     return json_response(body)

@@ -20,7 +20,9 @@ SHOW_COLUMNS = """
 s.id, s.movie_id, m.title, m.duration_minutes, s.screen_name, s.date_time, s.total_seats,
 s.seat_rows, s.seats_per_row
 """
-SELECT_SHOW = f"SELECT {SHOW_COLUMNS} FROM shows s JOIN movies m ON m.id = s.movie_id WHERE s.id = $1"
+SELECT_SHOW = (
+    f"SELECT {SHOW_COLUMNS} FROM shows s JOIN movies m ON m.id = s.movie_id WHERE s.id = $1"
+)
 COUNT_MOVIES = "SELECT count(*) FROM movies"
 SELECT_MOVIES = """
 SELECT id, title, duration_minutes FROM movies ORDER BY title, id LIMIT $1 OFFSET $2
@@ -46,8 +48,11 @@ def movie_dict(row: asyncpg.Record) -> dict[str, Any]:
 def show_dict(row: asyncpg.Record, available: int) -> dict[str, Any]:
     return {
         "id": row["id"],
-        "movie": {"id": row["movie_id"], "title": row["title"],
-                  "duration_minutes": row["duration_minutes"]},
+        "movie": {
+            "id": row["movie_id"],
+            "title": row["title"],
+            "duration_minutes": row["duration_minutes"],
+        },
         "screen_name": row["screen_name"],
         "date_time": iso_utc(row["date_time"]),
         "total_seats": row["total_seats"],
@@ -65,7 +70,9 @@ async def available_seats(
     missing = [sid for sid, free in counted.items() if free is None]
     booked: dict[int, int] = {}
     if missing:
-        booked = {r["show_id"]: r["booked"] for r in await pool.fetch(COUNT_BOOKED_BY_SHOW, missing)}
+        booked = {
+            r["show_id"]: r["booked"] for r in await pool.fetch(COUNT_BOOKED_BY_SHOW, missing)
+        }
     out: dict[int, int] = {}
     for row in rows:
         free = counted.get(row["id"])
@@ -73,7 +80,9 @@ async def available_seats(
     return out
 
 
-async def shows_json(seats: SeatEngine, pool: asyncpg.Pool, rows: list[asyncpg.Record]) -> list[dict[str, Any]]:
+async def shows_json(
+    seats: SeatEngine, pool: asyncpg.Pool, rows: list[asyncpg.Record]
+) -> list[dict[str, Any]]:
     free = await available_seats(seats, pool, rows)
     return [show_dict(r, free[r["id"]]) for r in rows]
 
@@ -86,6 +95,7 @@ async def get_show(seats: SeatEngine, pool: asyncpg.Pool, show_id: int) -> dict[
 
 
 # --- schemas (documentation of responses) ----------------------------------------------------
+
 
 class MovieSchema(Schema):
     id = fields.Integer()
@@ -120,8 +130,14 @@ ShowPageSchema = page_of(ShowSchema)
 
 PAGE_PARAMS = [
     {"in": "query", "name": "page", "type": "integer", "minimum": 1, "required": False},
-    {"in": "query", "name": "page_size", "type": "integer", "minimum": 1, "maximum": 100,
-     "required": False},
+    {
+        "in": "query",
+        "name": "page_size",
+        "type": "integer",
+        "minimum": 1,
+        "maximum": 100,
+        "required": False,
+    },
 ]
 
 # --- handlers --------------------------------------------------------------------------------
@@ -140,11 +156,22 @@ async def list_movies(request: web.Request) -> web.Response:
     return json_response(page.body(count, [movie_dict(r) for r in rows]))
 
 
-@docs(tags=["Movies"], summary="A movie's shows, soonest first",
-      parameters=PAGE_PARAMS + [{"in": "query", "name": "from", "type": "string",
-                                 "format": "date-time", "required": False,
-                                 "description": "only shows at or after this instant"}],
-      responses={404: {"description": "unknown movie"}})
+@docs(
+    tags=["Movies"],
+    summary="A movie's shows, soonest first",
+    parameters=PAGE_PARAMS
+    + [
+        {
+            "in": "query",
+            "name": "from",
+            "type": "string",
+            "format": "date-time",
+            "required": False,
+            "description": "only shows at or after this instant",
+        }
+    ],
+    responses={404: {"description": "unknown movie"}},
+)
 @response_schema(ShowPageSchema, 200)
 @routes.get(r"/api/movies/{id}/shows/")
 async def list_movie_shows(request: web.Request) -> web.Response:
@@ -165,10 +192,15 @@ async def list_movie_shows(request: web.Request) -> web.Response:
     return json_response(page.body(count, results))
 
 
-@docs(tags=["Shows"], summary="One show, with its available seats",
-      responses={404: {"description": "unknown show"}})
+@docs(
+    tags=["Shows"],
+    summary="One show, with its available seats",
+    responses={404: {"description": "unknown show"}},
+)
 @response_schema(ShowSchema, 200)
 @routes.get(r"/api/shows/{id}/")
 async def show_detail(request: web.Request) -> web.Response:
     show_id = path_id(request)
-    return json_response(await get_show(request.app[appkeys.SEATS], request.app[appkeys.PG_POOL], show_id))
+    return json_response(
+        await get_show(request.app[appkeys.SEATS], request.app[appkeys.PG_POOL], show_id)
+    )

@@ -39,8 +39,9 @@ async def load_demo(dsn: str) -> bool:
                         # Rows A-H of 12 seats: seats A1 .. H12.
                         await conn.execute(INSERT_SHOW, movie_id, "IMAX", when, 96, 8, 12)
                     else:
-                        await conn.execute(INSERT_SHOW, movie_id, f"Screen {index}", when, 50,
-                                           None, None)
+                        await conn.execute(
+                            INSERT_SHOW, movie_id, f"Screen {index}", when, 50, None, None
+                        )
         return True
     finally:
         await conn.close()

@@ -77,7 +77,9 @@ async def error_middleware(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
     incoming = request.headers.get(REQUEST_ID_HEADER, "")
-    request_id = incoming if 0 < len(incoming) <= 64 and incoming.isprintable() else uuid.uuid4().hex
+    request_id = (
+        incoming if 0 < len(incoming) <= 64 and incoming.isprintable() else uuid.uuid4().hex
+    )
     try:
         response = await handler(request)
     except DomainError as exc:
@@ -102,7 +104,9 @@ async def error_middleware(
         response = json_response(error_body(Unavailable.detail), status=503)
         response.headers["Retry-After"] = str(Unavailable.retry_after_s)
     except Exception:
-        log.exception("unexpected error request_id=%s %s %s", request_id, request.method, request.path)
+        log.exception(
+            "unexpected error request_id=%s %s %s", request_id, request.method, request.path
+        )
         response = json_response(
             error_body(f"Internal server error (request id {request_id})."), status=500
         )

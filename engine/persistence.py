@@ -112,7 +112,9 @@ class PersistResult:
     acked: int = 0
 
 
-def _columns(records: list[BookingRecord]) -> tuple[list[int], list[int], list[str], list[datetime]]:
+def _columns(
+    records: list[BookingRecord],
+) -> tuple[list[int], list[int], list[str], list[datetime]]:
     return (
         [r.booking_id for r in records],
         [r.user_id for r in records],
@@ -139,11 +141,19 @@ async def _write_show(conn: asyncpg.Connection, show_id: int, records: list[Book
             created = datetime.fromtimestamp(r.created_us / 1_000_000, tz=UTC)
             try:
                 async with conn.transaction():
-                    await conn.execute(INSERT_ONE_BOOKED, r.booking_id, r.user_id, show_id, r.seat, created)
+                    await conn.execute(
+                        INSERT_ONE_BOOKED, r.booking_id, r.user_id, show_id, r.seat, created
+                    )
             except asyncpg.UniqueViolationError:
-                log.error("double sale refused in PostgreSQL: booking %s show %s seat %s",
-                          r.booking_id, show_id, r.seat)
-                await conn.execute(INSERT_ONE_CONFLICTED, r.booking_id, r.user_id, show_id, r.seat, created)
+                log.error(
+                    "double sale refused in PostgreSQL: booking %s show %s seat %s",
+                    r.booking_id,
+                    show_id,
+                    r.seat,
+                )
+                await conn.execute(
+                    INSERT_ONE_CONFLICTED, r.booking_id, r.user_id, show_id, r.seat, created
+                )
 
 
 async def persist_shows(

@@ -269,7 +269,11 @@ class SeatEngine:
             result = await self.scripts.release_seat(keys=show_keys, args=args)
             outcome = result[0]
             if outcome == b"ok":
-                return BookingRecord.parse(booking_id, result[1]), int(result[2]), result[3].decode()
+                return (
+                    BookingRecord.parse(booking_id, result[1]),
+                    int(result[2]),
+                    result[3].decode(),
+                )
             if outcome == b"unloaded":
                 try:
                     await self.load(show_id)
@@ -281,7 +285,9 @@ class SeatEngine:
             if outcome == b"forbidden":
                 raise Forbidden("You can only cancel your own bookings.")
             if outcome == b"started":
-                raise Conflict("This show has already started; the booking can no longer be cancelled.")
+                raise Conflict(
+                    "This show has already started; the booking can no longer be cancelled."
+                )
             raise RuntimeError(f"unexpected release result {result!r}")
         raise RuntimeError(f"show {show_id} could not be loaded into Redis")
 

@@ -59,7 +59,9 @@ class StrictString(fields.String):
         if len(text) < self.min_length:
             raise ValidationError("This field may not be blank.")
         if len(text) > self.max_length:
-            raise ValidationError(f"Ensure this field has no more than {self.max_length} characters.")
+            raise ValidationError(
+                f"Ensure this field has no more than {self.max_length} characters."
+            )
         return text
 
 

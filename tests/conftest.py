@@ -53,9 +53,23 @@ class RedisServer:
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
-            [embedded.redis_server_binary(), "--port", "0", "--unixsocket", str(self.sock),
-             "--dir", str(self.dir), "--appendonly", "yes", "--appendfsync", "always",
-             "--save", "", "--logfile", str(self.dir / "redis.log")],
+            [
+                embedded.redis_server_binary(),
+                "--port",
+                "0",
+                "--unixsocket",
+                str(self.sock),
+                "--dir",
+                str(self.dir),
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+                "--save",
+                "",
+                "--logfile",
+                str(self.dir / "redis.log"),
+            ],
         )
         deadline = time.monotonic() + 10
         while not embedded._redis_answers(self.sock):
@@ -179,8 +193,15 @@ class Api:
         self.session = session
 
     async def call(
-        self, method: str, path: str, *, token: str | None = None, json: Any = None,
-        data: Any = None, headers: dict[str, str] | None = None, allow_redirects: bool = True,
+        self,
+        method: str,
+        path: str,
+        *,
+        token: str | None = None,
+        json: Any = None,
+        data: Any = None,
+        headers: dict[str, str] | None = None,
+        allow_redirects: bool = True,
     ) -> tuple[int, Any]:
         hdrs = dict(headers or {})
         if token:
@@ -222,7 +243,7 @@ class Api:
 
     async def admin(self, pg_pool: asyncpg.Pool, username: str = "root") -> str:
         """A user made admin in PostgreSQL, logged in."""
-        token = await self.user(username)
+        await self.user(username)
         await pg_pool.execute("UPDATE users SET is_admin = true WHERE username = $1", username)
         status, body = await self.post(
             "/api/auth/login/", json={"username": username, "password": "correct-horse-9"}
@@ -232,9 +253,14 @@ class Api:
 
 
 async def make_show(
-    pg_pool: asyncpg.Pool, *, total_seats: int = 10, rows: int | None = None,
-    seats_per_row: int | None = None, starts_in: timedelta = timedelta(days=1),
-    title: str = "Dune", screen: str = "Screen 1",
+    pg_pool: asyncpg.Pool,
+    *,
+    total_seats: int = 10,
+    rows: int | None = None,
+    seats_per_row: int | None = None,
+    starts_in: timedelta = timedelta(days=1),
+    title: str = "Dune",
+    screen: str = "Screen 1",
 ) -> int:
     """A movie and one show, straight into PostgreSQL; returns the show id."""
     movie_id = await pg_pool.fetchval(
@@ -242,11 +268,18 @@ async def make_show(
     )
     if rows and seats_per_row:
         total_seats = rows * seats_per_row
-    return int(await pg_pool.fetchval(
-        "INSERT INTO shows (movie_id, screen_name, date_time, total_seats, seat_rows, seats_per_row)"
-        " VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
-        movie_id, screen, datetime.now(UTC) + starts_in, total_seats, rows, seats_per_row,
-    ))
+    return int(
+        await pg_pool.fetchval(
+            "INSERT INTO shows (movie_id, screen_name, date_time, total_seats, seat_rows, seats_per_row)"
+            " VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
+            movie_id,
+            screen,
+            datetime.now(UTC) + starts_in,
+            total_seats,
+            rows,
+            seats_per_row,
+        )
+    )
 
 
 @pytest.fixture

@@ -32,8 +32,14 @@ async def shutdown(ctx: dict[str, Any]) -> None:
 
 
 def reconcile_cron(every_s: int) -> Any:
-    return cron(reconcile, second=set(range(0, 60, every_s)), run_at_startup=True,
-                keep_result=0, timeout=JOB_TIMEOUT_S, unique=True)
+    return cron(
+        reconcile,
+        second=set(range(0, 60, every_s)),
+        run_at_startup=True,
+        keep_result=0,
+        timeout=JOB_TIMEOUT_S,
+        unique=True,
+    )
 
 
 class WorkerSettings:

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 import asyncpg
 from aiohttp import web
-from redis.asyncio import Redis
+from arq.connections import ArqRedis
 
 from engine.settings import Settings
 
@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
 SETTINGS = web.AppKey("settings", Settings)
 PG_POOL = web.AppKey("pg_pool", asyncpg.Pool)
-REDIS = web.AppKey("redis", Redis)
+REDIS = web.AppKey("redis", ArqRedis)
 SEATS: web.AppKey[SeatEngine] = web.AppKey("seats")
 TOKENS: web.AppKey[TokenService] = web.AppKey("tokens")
 PERSIST: web.AppKey[PersistScheduler] = web.AppKey("persist")

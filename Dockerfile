@@ -1,0 +1,11 @@
+FROM python:3.11-slim
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY engine engine
+COPY worker worker
+COPY lua lua
+COPY migrations migrations
+RUN pip install --no-cache-dir .
+ENV HOST=0.0.0.0 PORT=8000
+EXPOSE 8000
+CMD ["python", "-m", "engine", "serve"]

@@ -22,6 +22,12 @@ def _setup_logging(level: str) -> None:
         level=getattr(logging, level, logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
+    if level != "DEBUG":
+        # arq logs a line per job (a persistence job runs every 50 ms under load); our tasks log
+        # what they did instead.
+        logging.getLogger("arq.worker").setLevel(logging.WARNING)
+        logging.getLogger("arq.jobs").setLevel(logging.WARNING)
+    logging.getLogger("pgserver").setLevel(logging.WARNING)
 
 
 def _use_uvloop() -> None:
@@ -188,12 +194,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub.add_parser("stop-embedded", help="stop the embedded PostgreSQL and Redis servers")
     args = parser.parse_args(argv)
 
+    _setup_logging((os.environ.get("LOG_LEVEL") or "INFO").upper())
     try:
-        settings = load_settings()
+        settings = load_settings(start_embedded=args.command != "stop-embedded")
     except SettingsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    _setup_logging(settings.log_level)
     handler = globals()["cmd_" + args.command.replace("-", "_")]
     return int(handler(settings, args))
 

@@ -15,6 +15,7 @@ from engine.booking import SELECT_SHOWS, BookingPageSchema, BookingSchema, cance
 from engine.catalog import (
     SELECT_MOVIE,
     SELECT_SHOW,
+    SHOW_COLUMNS,
     MoviePageSchema,
     MovieSchema,
     ShowSchema,
@@ -36,7 +37,7 @@ from engine.validation import (
     query_id,
 )
 
-SECURITY = [{"Bearer": []}]
+SECURITY: list[dict[str, list[str]]] = [{"Bearer": []}]
 PAGE_PARAMS = [
     {"in": "query", "name": "page", "type": "integer", "required": False},
     {"in": "query", "name": "page_size", "type": "integer", "required": False},
@@ -123,12 +124,18 @@ COUNT_MOVIES = "SELECT count(*) FROM movies"
 SELECT_MOVIES_BY_ID = (
     "SELECT id, title, duration_minutes FROM movies ORDER BY id LIMIT $1 OFFSET $2"
 )
-INSERT_MOVIE = "INSERT INTO movies (title, duration_minutes) VALUES ($1, $2) RETURNING id, title, duration_minutes"
+INSERT_MOVIE = """
+INSERT INTO movies (title, duration_minutes) VALUES ($1, $2) RETURNING id, title, duration_minutes
+"""
 UPDATE_MOVIE = """
 UPDATE movies SET title = coalesce($2, title), duration_minutes = coalesce($3, duration_minutes)
 WHERE id = $1 RETURNING id, title, duration_minutes
 """
 SELECT_MOVIE_SHOW_IDS = "SELECT id FROM shows WHERE movie_id = $1 ORDER BY id"
+SELECT_MOVIE_SHOWS_FULL = f"""
+SELECT {SHOW_COLUMNS} FROM shows s JOIN movies m ON m.id = s.movie_id
+WHERE s.movie_id = $1 ORDER BY s.id
+"""
 MOVIE_HAS_BOOKINGS = """
 SELECT EXISTS (SELECT 1 FROM bookings b JOIN shows s ON s.id = b.show_id WHERE s.movie_id = $1)
 """
@@ -147,6 +154,9 @@ INSERT INTO shows (movie_id, screen_name, date_time, total_seats, seat_rows, sea
 VALUES ($1, $2, $3, $4, $5, $6) RETURNING id
 """
 LOCK_SHOW_ROW = "SELECT id FROM shows WHERE id = $1 FOR UPDATE"
+# The movie row is share-locked too, so that a concurrent title change waits and then reshapes
+# after this one, never leaving this show's Redis JSON with the old title.
+LOCK_SHOW = f"{SELECT_SHOW} FOR UPDATE OF s FOR SHARE OF m"
 SELECT_BOOKED_SEATS = "SELECT seat_number FROM bookings WHERE show_id = $1 AND status = 'booked'"
 UPDATE_SHOW = """
 UPDATE shows SET movie_id = $2, screen_name = $3, date_time = $4, total_seats = $5,
@@ -170,7 +180,8 @@ ORDER BY created_at DESC, id DESC LIMIT $4 OFFSET $5
 
 COUNT_USERS = "SELECT count(*) FROM users"
 SELECT_USERS = """
-SELECT id, username, email, is_active, is_admin, date_joined FROM users ORDER BY id LIMIT $1 OFFSET $2
+SELECT id, username, email, is_active, is_admin, date_joined FROM users
+ORDER BY id LIMIT $1 OFFSET $2
 """
 SELECT_USER = (
     "SELECT id, username, email, is_active, is_admin, date_joined FROM users WHERE id = $1"
@@ -192,6 +203,29 @@ def user_dict(row: asyncpg.Record) -> dict[str, Any]:
     }
 
 
+def patched_show(
+    old: asyncpg.Record, data: dict[str, Any], movie: asyncpg.Record | None
+) -> dict[str, Any]:
+    """The show's row with a PATCH applied (a new layout replaces the old one whole)."""
+    new: dict[str, Any] = dict(old)
+    if movie is not None:
+        new.update(
+            movie_id=movie["id"], title=movie["title"], duration_minutes=movie["duration_minutes"]
+        )
+    for field in ("screen_name", "date_time"):
+        if field in data:
+            new[field] = data[field]
+    if "rows" in data:
+        new.update(
+            seat_rows=data["rows"],
+            seats_per_row=data["seats_per_row"],
+            total_seats=data["rows"] * data["seats_per_row"],
+        )
+    elif "total_seats" in data:
+        new.update(total_seats=data["total_seats"], seat_rows=None, seats_per_row=None)
+    return new
+
+
 async def admin_shows(
     seats: SeatEngine, pool: asyncpg.Pool, rows: list[asyncpg.Record]
 ) -> list[dict[str, Any]]:
@@ -209,14 +243,18 @@ async def admin_show(seats: SeatEngine, pool: asyncpg.Pool, show_id: int) -> dic
     return (await admin_shows(seats, pool, [row]))[0]
 
 
-async def reshape_in_redis(seats: SeatEngine, row: dict[str, Any] | asyncpg.Record) -> bytes | None:
-    """Apply a show's (new) data to its Redis state if loaded; the conflicting seat, if any."""
+async def reshape_in_redis(
+    seats: SeatEngine, row: dict[str, Any] | asyncpg.Record
+) -> tuple[bool, str | None]:
+    """Apply a show's (new) data to its Redis state if loaded: (loaded, conflicting seat)."""
     labels = seat_labels(row["total_seats"], row["seat_rows"], row["seats_per_row"])
     result = await seats.scripts.reshape_show(
         keys=keys.show_keys(row["id"])[:3],
         args=[to_us(row["date_time"]), show_json_prefix(row), ",".join(labels)],
     )
-    return result[1] if result[0] == b"conflict" else None
+    if result[0] == b"conflict":
+        return True, result[1].decode()
+    return result[0] == b"ok", None
 
 
 async def retire(seats: SeatEngine, show_ids: list[int], action: str) -> bool:
@@ -292,16 +330,16 @@ async def patch_movie(request: web.Request) -> web.Response:
     if await pool.fetchrow(SELECT_MOVIE, movie_id) is None:
         raise NotFound("Movie not found.")
     data = await parse_body(request, MoviePatchSchema())
-    row = await pool.fetchrow(
-        UPDATE_MOVIE, movie_id, data.get("title"), data.get("duration_minutes")
-    )
-    if row is None:
-        raise NotFound("Movie not found.")
-    # The movie is part of every show's JSON that Redis answers bookings with.
-    for show in await pool.fetch(SELECT_MOVIE_SHOW_IDS, movie_id):
-        show_row = await pool.fetchrow(SELECT_SHOW, show["id"])
-        if show_row is not None:
-            await reshape_in_redis(seats, show_row)
+    async with pool.acquire() as conn, conn.transaction():
+        row = await conn.fetchrow(
+            UPDATE_MOVIE, movie_id, data.get("title"), data.get("duration_minutes")
+        )
+        if row is None:
+            raise NotFound("Movie not found.")
+        # The movie is part of every show's JSON that Redis answers bookings with; rewritten
+        # while the movie row is locked, so a show edited at the same time reshapes after this.
+        for show in await conn.fetch(SELECT_MOVIE_SHOWS_FULL, movie_id):
+            await reshape_in_redis(seats, show)
     return json_response(movie_dict(row))
 
 
@@ -309,7 +347,7 @@ async def patch_movie(request: web.Request) -> web.Response:
     tags=["Admin"],
     summary="Delete a movie and its shows (409 if it has bookings)",
     security=SECURITY,
-    responses={204: {"description": "deleted"}},
+    responses={204: {"description": "deleted"}, 409: {"description": "it has bookings"}},
 )
 @routes.delete(r"/api/admin/movies/{id}/")
 async def delete_movie(request: web.Request) -> web.Response:
@@ -394,6 +432,7 @@ async def get_show(request: web.Request) -> web.Response:
     tags=["Admin"],
     summary="Change a show (409 if a booked seat would no longer exist)",
     security=SECURITY,
+    responses={409: {"description": "a booked seat would no longer exist"}},
 )
 @request_schema(ShowPatchSchema)
 @response_schema(AdminShowSchema, 200)
@@ -402,39 +441,41 @@ async def patch_show(request: web.Request) -> web.Response:
     await require_admin(request)
     show_id = path_id(request)
     pool, seats = request.app[appkeys.PG_POOL], request.app[appkeys.SEATS]
-    old = await pool.fetchrow(SELECT_SHOW, show_id)
-    if old is None:
+    if await pool.fetchrow(SELECT_SHOW, show_id) is None:
         raise NotFound("Show not found.")
     data = await parse_body(request, ShowPatchSchema())
-    new: dict[str, Any] = dict(old)
+    movie = None
     if "movie_id" in data:
         movie = await pool.fetchrow(SELECT_MOVIE, data["movie_id"])
         if movie is None:
             raise InvalidInput(errors={"movie_id": ["No movie with this id."]})
-        new.update(
-            movie_id=movie["id"], title=movie["title"], duration_minutes=movie["duration_minutes"]
-        )
-    for field in ("screen_name", "date_time"):
-        if field in data:
-            new[field] = data[field]
-    if "rows" in data:
-        new.update(
-            seat_rows=data["rows"],
-            seats_per_row=data["seats_per_row"],
-            total_seats=data["rows"] * data["seats_per_row"],
-        )
-    elif "total_seats" in data:
-        new.update(total_seats=data["total_seats"], seat_rows=None, seats_per_row=None)
-    labels = set(seat_labels(new["total_seats"], new["seat_rows"], new["seats_per_row"]))
-    async with pool.acquire() as conn, conn.transaction():
-        await conn.execute(LOCK_SHOW_ROW, show_id)
-        for r in await conn.fetch(SELECT_BOOKED_SEATS, show_id):
-            if r["seat_number"] not in labels:
-                raise Conflict(f"Seat {r['seat_number']} is booked and would no longer exist.")
-        missing = await reshape_in_redis(seats, new)
-        if missing is not None:
-            raise Conflict(f"Seat {missing.decode()} is booked and would no longer exist.")
-        try:
+    # Loaded first, the show's Redis state is where every claim is decided: reshape_show then
+    # changes the layout atomically with respect to claims, and no load racing this change can
+    # bring the old layout back. Redis also knows every booked seat, cancellations not yet
+    # persisted included, so it alone tells whether a booked seat would disappear.
+    await seats.load(show_id)
+    old: asyncpg.Record | None = None
+    reshaped = False
+    try:
+        async with pool.acquire() as conn, conn.transaction():
+            old = await conn.fetchrow(LOCK_SHOW, show_id)
+            if old is None:
+                raise NotFound("Show not found.")
+            new = patched_show(old, data, movie)
+            loaded, missing = await reshape_in_redis(seats, new)
+            reshaped = loaded and missing is None
+            if not loaded:
+                # Only a show being deleted (closed in Redis) is not loaded here: it has nothing
+                # pending in Redis, so PostgreSQL knows all of its booked seats.
+                labels = set(
+                    seat_labels(new["total_seats"], new["seat_rows"], new["seats_per_row"])
+                )
+                booked = await conn.fetch(SELECT_BOOKED_SEATS, show_id)
+                missing = next(
+                    (b["seat_number"] for b in booked if b["seat_number"] not in labels), None
+                )
+            if missing is not None:
+                raise Conflict(f"Seat {missing} is booked and would no longer exist.")
             await conn.execute(
                 UPDATE_SHOW,
                 show_id,
@@ -445,9 +486,12 @@ async def patch_show(request: web.Request) -> web.Response:
                 new["seat_rows"],
                 new["seats_per_row"],
             )
-        except BaseException:
+    except BaseException as exc:
+        if reshaped and old is not None:
             await reshape_in_redis(seats, old)
-            raise
+        if isinstance(exc, asyncpg.ForeignKeyViolationError):
+            raise InvalidInput(errors={"movie_id": ["No movie with this id."]}) from None
+        raise
     return json_response(await admin_show(seats, pool, show_id))
 
 
@@ -455,7 +499,7 @@ async def patch_show(request: web.Request) -> web.Response:
     tags=["Admin"],
     summary="Delete a show (409 if it has bookings)",
     security=SECURITY,
-    responses={204: {"description": "deleted"}},
+    responses={204: {"description": "deleted"}, 409: {"description": "it has bookings"}},
 )
 @routes.delete(r"/api/admin/shows/{id}/")
 async def delete_show(request: web.Request) -> web.Response:

@@ -1,4 +1,4 @@
-"""Auth: signup, login, refresh (rotated), me; JWT access and refresh tokens; bcrypt off the loop."""
+"""Auth: signup, login, refresh (rotated), me; JWT access and refresh tokens; bcrypt off-loop."""
 
 from __future__ import annotations
 
@@ -18,12 +18,12 @@ import bcrypt
 import jwt
 from aiohttp import web
 from aiohttp_apispec import docs, request_schema, response_schema
-from marshmallow import Schema, ValidationError, fields, validates_schema
+from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
 from engine import appkeys
 from engine.errors import Forbidden, InvalidInput, Unauthorized
 from engine.jsonutil import json_response
-from engine.validation import StrictString, parse_body
+from engine.validation import StrictString, db_id, parse_body
 
 ALGORITHM = "HS256"
 ACCESS = "access"
@@ -119,6 +119,8 @@ class TokenService:
         )
 
     def decode(self, token: str, expected_type: str) -> dict[str, Any]:
+        if not token.isascii():  # a JWT is ASCII; PyJWT raises UnicodeError on some others
+            raise Unauthorized("Token is invalid.")
         try:
             claims = jwt.decode(
                 token,
@@ -138,7 +140,7 @@ class TokenService:
                 else f"Token is not a {expected_type} token."
             )
         sub = claims.get("sub")
-        if not isinstance(sub, str) or not sub.isdigit():
+        if not isinstance(sub, str) or db_id(sub) is None:
             raise Unauthorized("Token is invalid.")
         return claims
 
@@ -236,16 +238,24 @@ async def issue_pair(
     }
 
 
-# Spent on unknown usernames too, so that timing does not tell which usernames exist.
-_DUMMY_HASH = hash_password_sync("not a real password", 4)
+# Checked on unknown usernames too, so that timing does not tell which usernames exist: made
+# lazily (nothing at import time) with the configured cost, by bcrypt rounds.
+_dummy_hashes: dict[int, str] = {}
+
+
+async def dummy_hash(rounds: int) -> str:
+    if rounds not in _dummy_hashes:
+        _dummy_hashes[rounds] = await hash_password("not a real password", rounds)
+    return _dummy_hashes[rounds]
 
 
 async def login(
-    pool: asyncpg.Pool, tokens: TokenService, username: str, password: str
+    pool: asyncpg.Pool, tokens: TokenService, username: str, password: str, rounds: int
 ) -> dict[str, str]:
+    """A token pair for valid credentials of an active user; Unauthorized otherwise."""
     row = await pool.fetchrow(SELECT_LOGIN, username)
     if row is None:
-        await check_password(password, _DUMMY_HASH)
+        await check_password(password, await dummy_hash(rounds))
         raise Unauthorized("No active account found with the given credentials.")
     if not await check_password(password, row["password_hash"]) or not row["is_active"]:
         raise Unauthorized("No active account found with the given credentials.")
@@ -275,7 +285,12 @@ class SignupSchema(Schema):
         trim=False,
         metadata={"description": "letters, digits and @.+-_"},
     )
-    email = fields.Email(required=True, validate=lambda s: len(s) <= 254)
+    email = fields.Email(
+        required=True,
+        validate=validate.Length(
+            max=254, error="Ensure this field has no more than {max} characters."
+        ),
+    )
     password = StrictString(
         required=True,
         min_length=1,
@@ -375,6 +390,7 @@ async def login_view(request: web.Request) -> web.Response:
         request.app[appkeys.TOKENS],
         data["username"],
         data["password"],
+        request.app[appkeys.SETTINGS].bcrypt_rounds,
     )
     return json_response(pair)
 

@@ -16,7 +16,15 @@ from engine.catalog import SHOW_COLUMNS, ShowSchema, page_of, shows_json
 from engine.errors import Forbidden, InvalidInput, NotFound, Unavailable
 from engine.jsonutil import dumps, json_response, raw_json_response
 from engine.persistence import PersistScheduler, mark_changed
-from engine.seats import BookingRecord, SeatEngine, iso_from_us, normalise_seat, now_us, show_json
+from engine.seats import (
+    BookingRecord,
+    SeatEngine,
+    iso_from_us,
+    normalise_seat,
+    now_us,
+    show_json,
+    to_us,
+)
 from engine.validation import Page, path_id, read_json
 
 SELECT_BOOKING = """
@@ -44,9 +52,9 @@ def booking_json(booking_id: int, show: str, seat: str, status: str, created_us:
     ).encode()
 
 
-async def show_exists(seats: SeatEngine, pool: asyncpg.Pool, show_id: int) -> bool:
-    if await seats.show_state(show_id) is not None:
-        return True
+async def show_exists(pool: asyncpg.Pool, show_id: int) -> bool:
+    """Whether the show exists, from PostgreSQL alone: on the error path of a bad body, where
+    404 must win over 400 even while Redis is away (503 comes last)."""
     return await pool.fetchval(SELECT_SHOW_EXISTS, show_id) is not None
 
 
@@ -62,7 +70,7 @@ async def book(
     at = now_us()
     booking_ids, available, show_prefix = await seats.claim(show_id, user_id, [seat], at)
     async with redis.pipeline(transaction=False) as pipe:
-        mark_changed(pipe, show_id, user_id, booking_ids, at)
+        mark_changed(pipe, show_id, user_id, booking_ids, at, "booked")
         await pipe.execute()
     persist.schedule()
     return booking_json(booking_ids[0], show_json(show_prefix, available), seat, "booked", at)
@@ -116,11 +124,11 @@ async def cancel(
             show,
             row["seat_number"],
             "cancelled",
-            int(row["created_at"].timestamp() * 1_000_000),
+            to_us(row["created_at"]),
         )
     record, available, show_prefix = released
     async with redis.pipeline(transaction=False) as pipe:
-        mark_changed(pipe, show_id, record.user_id, [booking_id], record.created_us)
+        mark_changed(pipe, show_id, record.user_id, [booking_id], record.created_us, record.status)
         await pipe.execute()
     persist.schedule()
     return booking_json(
@@ -142,16 +150,18 @@ async def recent_records(
 ) -> list[tuple[int, BookingRecord]]:
     """(show id, record) of the user's bookings whose latest state may not be in PostgreSQL."""
     members = await redis.zrange(keys.user_recent(user_id), 0, -1)
-    by_show: dict[int, list[int]] = {}
+    # show -> booking -> its index entries (one per state: booked, then maybe cancelled)
+    by_show: dict[int, dict[int, list[bytes]]] = {}
     for m in members:
-        bid, _, sid = m.decode().partition(":")
-        by_show.setdefault(int(sid), []).append(int(bid))
+        bid, sid = keys.parse_recent_member(m)
+        by_show.setdefault(sid, {}).setdefault(bid, []).append(m)
     out: list[tuple[int, BookingRecord]] = []
-    stale: list[str] = []
-    for show_id, bids in by_show.items():
+    stale: list[bytes] = []
+    for show_id, entries in by_show.items():
+        bids = list(entries)
         for bid, rec in zip(bids, await seats.records(show_id, bids), strict=True):
             if rec is None or rec.user_id != user_id:
-                stale.append(f"{bid}:{show_id}")
+                stale += entries[bid]
             else:
                 out.append((show_id, rec))
     if stale:
@@ -172,7 +182,7 @@ async def my_bookings(
     ]
     items += [
         (
-            int(r["created_at"].timestamp() * 1_000_000),
+            to_us(r["created_at"]),
             r["id"],
             r["show_id"],
             r["seat_number"],
@@ -256,7 +266,7 @@ async def book_view(request: web.Request) -> web.Response:
             raise InvalidInput(errors={"seat_number": ["This field is required."]})
         seat = normalise_seat(data["seat_number"])
     except InvalidInput:
-        if not await show_exists(app[appkeys.SEATS], app[appkeys.PG_POOL], show_id):
+        if not await show_exists(app[appkeys.PG_POOL], show_id):
             raise NotFound("Show not found.") from None
         raise
     body = await book(

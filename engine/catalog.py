@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Any
 
 import asyncpg
 from aiohttp import web
 from aiohttp_apispec import docs, response_schema
-from marshmallow import Schema, fields
+from marshmallow import Schema, ValidationError, fields
 
 from engine import appkeys
 from engine.errors import InvalidInput, NotFound
@@ -39,6 +40,23 @@ SELECT show_id, count(*) AS booked FROM bookings
 WHERE show_id = ANY($1::bigint[]) AND status = 'booked' GROUP BY show_id
 """
 EPOCH = datetime.fromisoformat("1970-01-01T00:00:00+00:00")
+# A "+hh:mm" offset typed into a URL unencoded arrives as " hh:mm" ('+' means a space in a query
+# string); right after a full date and time, that space can mean nothing else.
+SPACED_OFFSET = re.compile(
+    r"^(\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d{1,6})?)?) (\d{2}:?\d{2})$"
+)
+
+
+def parse_from(raw: str) -> datetime:
+    """The `from` query parameter: an aware ISO 8601 instant; anything else is a 400."""
+    text = raw.strip()
+    spaced = SPACED_OFFSET.match(text)
+    if spaced:
+        text = f"{spaced[1]}+{spaced[2]}"
+    try:
+        return parse_aware_datetime(text)
+    except ValidationError as exc:
+        raise InvalidInput(errors={"from": [str(m) for m in exc.messages]}) from None
 
 
 def movie_dict(row: asyncpg.Record) -> dict[str, Any]:
@@ -180,12 +198,7 @@ async def list_movie_shows(request: web.Request) -> web.Response:
     if await pool.fetchval(SELECT_MOVIE, movie_id) is None:
         raise NotFound("Movie not found.")
     page = Page(request)
-    since = EPOCH
-    if "from" in request.query:
-        try:
-            since = parse_aware_datetime(request.query["from"])
-        except Exception as exc:  # marshmallow.ValidationError
-            raise InvalidInput(errors={"from": [str(getattr(exc, "messages", [exc])[0])]}) from None
+    since = parse_from(request.query["from"]) if "from" in request.query else EPOCH
     count = await pool.fetchval(COUNT_MOVIE_SHOWS, movie_id, since)
     rows = await pool.fetch(SELECT_MOVIE_SHOWS, movie_id, since, page.size, page.offset)
     results = await shows_json(request.app[appkeys.SEATS], pool, rows)

@@ -26,7 +26,26 @@ TAGS = [
     {"name": "Shows", "description": "Shows and their free seats"},
     {"name": "Bookings", "description": "Book, cancel, your bookings"},
     {"name": "Admin", "description": "For admins: movies, shows, bookings, users"},
+    {"name": "Operations", "description": "Probes for orchestrators"},
 ]
+ERROR_DEFINITION = {
+    "type": "object",
+    "properties": {
+        "detail": {"type": "string"},
+        "errors": {
+            "type": "object",
+            "description": "field -> messages, for invalid input",
+            "additionalProperties": {"type": "array", "items": {"type": "string"}},
+        },
+    },
+    "required": ["detail"],
+}
+ERROR_RESPONSES = {
+    "400": "invalid input",
+    "401": "no or bad token",
+    "403": "not allowed",
+    "404": "unknown route or id",
+}
 REDOC_PAGE = """<!DOCTYPE html>
 <html><head><title>Booking engine API</title><meta charset="utf-8"/></head>
 <body><redoc spec-url="{url}"></redoc>
@@ -63,8 +82,50 @@ def build_openapi(app: web.Application) -> dict[str, Any]:
             continue
         # aiohttp-apispec consumes the data it is given: pass a copy, so that every app built
         # in this process (tests build many) gets the whole document.
-        spec._update_paths(copy.deepcopy(documented), route.method.lower(), path)
-    return spec.swagger_dict()
+        spec._update_paths(merged_responses(copy.deepcopy(documented)), route.method.lower(), path)
+    return polish(spec.swagger_dict())
+
+
+def merged_responses(documented: dict[str, Any]) -> dict[str, Any]:
+    """@docs(responses={201: ...}) keys by int, @response_schema(..., 201) by str: left apart,
+    the description would replace the schema in the document. Merge them under the str key."""
+    responses: dict[Any, Any] = documented.get("responses", {})
+    for code in [c for c in responses if isinstance(c, int)]:
+        responses.setdefault(str(code), {}).update(responses.pop(code))
+    return documented
+
+
+def polish(doc: dict[str, Any]) -> dict[str, Any]:
+    """What aiohttp-apispec leaves out or gets wrong: every operation answers something
+    (Swagger 2.0 requires a response), ids are 64-bit integers, path ids are integers, and the
+    contract's error responses are documented with their shape."""
+    doc["definitions"]["Error"] = ERROR_DEFINITION
+    for definition in doc["definitions"].values():
+        for name, prop in definition.get("properties", {}).items():
+            if prop.get("type") == "integer" and (name == "id" or name.endswith("_id")):
+                prop["format"] = "int64"
+    error_ref = {"$ref": "#/definitions/Error"}
+    for operations in doc["paths"].values():
+        for operation in operations.values():
+            responses = operation.setdefault("responses", {})
+            if not responses:
+                responses["200"] = {"description": "OK"}
+            params = operation.get("parameters", [])
+            wanted = set()
+            for param in params:
+                if param.get("in") == "path":
+                    param.update(type="integer", format="int64", minimum=1)
+                    wanted.add("404")
+                elif param.get("in") in ("body", "query"):
+                    wanted.add("400")
+            if operation.get("security"):
+                wanted |= {"401", "403"} if "Admin" in operation.get("tags", []) else {"401"}
+            for code in sorted(wanted):
+                responses.setdefault(code, {"description": ERROR_RESPONSES[code]})
+            for code, response in responses.items():
+                if code.startswith(("4", "5")):
+                    response.setdefault("schema", error_ref)
+    return doc
 
 
 async def schema_view(request: web.Request) -> web.Response:

@@ -138,6 +138,8 @@ def stop_embedded(data_dir: Path) -> None:
     if (pgdata / "postmaster.pid").exists():
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            import pgserver
+            from pgserver.postgres_server import pg_ctl
 
-            pgserver.get_server(pgdata, cleanup_mode=None).cleanup()
+        # As root, pgserver runs PostgreSQL as its own system user; stop it as that user too.
+        user = pgdata.owner() if os.geteuid() == 0 else None
+        pg_ctl(["-m", "fast", "-w", "stop"], pgdata=pgdata, **({"user": user} if user else {}))

@@ -6,6 +6,8 @@ import logging
 import uuid
 from collections.abc import Awaitable, Callable
 
+import asyncpg
+import redis.exceptions
 from aiohttp import web
 
 from engine.jsonutil import json_response
@@ -65,6 +67,19 @@ def error_body(detail: str, errors: dict[str, list[str]] | None = None) -> dict[
     return body
 
 
+# A dependency that is down or restarting: 503, not 500. redis-py's and asyncpg's connection
+# errors are not builtin ConnectionError/OSError subclasses.
+DEPENDENCY_ERRORS: tuple[type[BaseException], ...] = (
+    ConnectionError,
+    OSError,
+    TimeoutError,
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.OperatorInterventionError,
+    asyncpg.InsufficientResourcesError,
+)
+
 _HTTP_DETAILS = {
     404: "Not found.",
     405: "Method not allowed.",
@@ -99,7 +114,7 @@ async def error_middleware(
             allow = exc.headers.get("Allow")
             if allow:
                 response.headers["Allow"] = allow
-    except (ConnectionError, OSError, TimeoutError) as exc:
+    except DEPENDENCY_ERRORS as exc:
         log.warning("dependency unavailable request_id=%s error=%r", request_id, exc)
         response = json_response(error_body(Unavailable.detail), status=503)
         response.headers["Retry-After"] = str(Unavailable.retry_after_s)

@@ -27,8 +27,21 @@ ARQ_QUEUE = "arq:queue"
 
 
 def user_recent(user_id: int) -> str:
-    """Sorted set of "booking:show" the user changed that PostgreSQL may not have yet."""
+    """Sorted set of recent_member()s: the user's bookings PostgreSQL may not have yet."""
     return f"user:{user_id}:recent"
+
+
+def recent_member(booking_id: int, show_id: int, status: str) -> str:
+    """An entry of user_recent, "<booking>:<show>:b" or ":c". The state is part of it so that
+    persisting the booked state never drops the entry of a cancel made meanwhile."""
+    return f"{booking_id}:{show_id}:{status[0]}"
+
+
+def parse_recent_member(member: str | bytes) -> tuple[int, int]:
+    """(booking id, show id) of a recent_member()."""
+    text = member.decode() if isinstance(member, bytes) else member
+    booking, show, *_ = text.split(":")
+    return int(booking), int(show)
 
 
 def booking_show(booking_id: int) -> str:

@@ -21,7 +21,7 @@ import asyncpg
 from arq.connections import ArqRedis
 
 from engine import keys
-from engine.seats import BookingRecord, Scripts
+from engine.seats import BookingRecord, Scripts, from_us
 
 log = logging.getLogger("engine.persist")
 
@@ -63,11 +63,13 @@ class PersistScheduler:
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
 
-def mark_changed(pipe: Any, show_id: int, user_id: int, booking_ids: list[int], at_us: int) -> None:
+def mark_changed(
+    pipe: Any, show_id: int, user_id: int, booking_ids: list[int], at_us: int, status: str
+) -> None:
     """Queue (on a pipeline) the global bookkeeping of a claim or release that just succeeded:
     the user's recent-bookings index, where each booking lives, and the show's dirty mark."""
     recent = keys.user_recent(user_id)
-    pipe.zadd(recent, {f"{bid}:{show_id}": at_us for bid in booking_ids})
+    pipe.zadd(recent, {keys.recent_member(bid, show_id, status): at_us for bid in booking_ids})
     pipe.expire(recent, keys.RECENT_TTL_S)
     for bid in booking_ids:
         pipe.set(keys.booking_show(bid), show_id, ex=keys.RECENT_TTL_S)
@@ -119,7 +121,7 @@ def _columns(
         [r.booking_id for r in records],
         [r.user_id for r in records],
         [r.seat for r in records],
-        [datetime.fromtimestamp(r.created_us / 1_000_000, tz=UTC) for r in records],
+        [from_us(r.created_us) for r in records],
     )
 
 
@@ -138,7 +140,7 @@ async def _write_show(conn: asyncpg.Connection, show_id: int, records: list[Book
         # Only possible after Redis lost state it had not persisted (see README): keep the
         # seat's holder in PostgreSQL and record the later claim as cancelled, loudly.
         for r in booked:
-            created = datetime.fromtimestamp(r.created_us / 1_000_000, tz=UTC)
+            created = from_us(r.created_us)
             try:
                 async with conn.transaction():
                     await conn.execute(
@@ -180,13 +182,14 @@ async def persist_shows(
             try:
                 async with conn.transaction():
                     await _write_show(conn, show_id, records)
-            except asyncpg.ForeignKeyViolationError as exc:
-                # A show or user that PostgreSQL does not have: leave the records pending (the
-                # reconciler reports them) rather than block every other show in the batch.
+            except (asyncpg.IntegrityConstraintViolationError, asyncpg.DataError) as exc:
+                # Rows PostgreSQL refuses (a show or user it does not have): leave them pending,
+                # logged on every reconcile, rather than block every other show in the batch.
                 log.error("cannot persist show %s: %s", show_id, exc)
                 continue
             written.append((show_id, raw, records))
-    # Committed: forget what did not change since it was read.
+    # Committed: forget what did not change since it was read. The user's index loses only the
+    # entry of the state just written; a newer state (a cancel) keeps its own entry.
     async with redis.pipeline(transaction=False) as pipe:
         for show_id, raw, records in written:
             args: list[Any] = []
@@ -195,7 +198,9 @@ async def persist_shows(
             show_keys = keys.show_keys(show_id)
             await scripts.ack_persisted(keys=[show_keys[3], show_keys[4]], args=args, client=pipe)
             for r in records:
-                pipe.zrem(keys.user_recent(r.user_id), f"{r.booking_id}:{show_id}")
+                pipe.zrem(
+                    keys.user_recent(r.user_id), keys.recent_member(r.booking_id, show_id, r.status)
+                )
                 pipe.delete(keys.booking_show(r.booking_id))
         replies = await pipe.execute()
     position = 0

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -64,12 +64,23 @@ def now_us() -> int:
     return time.time_ns() // 1000
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+
 def to_us(moment: datetime) -> int:
-    return int(moment.timestamp() * 1_000_000)
+    """Microseconds since the epoch, in integers (a float would shift far-future instants)."""
+    if moment.tzinfo is None:  # asyncpg gives datetime.max (naive) for the largest instant
+        moment = moment.replace(tzinfo=UTC)
+    return (moment - _EPOCH) // _MICROSECOND
+
+
+def from_us(us: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=us)
 
 
 def iso_from_us(us: int) -> str:
-    return datetime.fromtimestamp(us / 1_000_000, tz=UTC).isoformat().replace("+00:00", "Z")
+    return from_us(us).isoformat().replace("+00:00", "Z")
 
 
 def row_name(index: int) -> str:
@@ -149,11 +160,15 @@ class IdAllocator:
             return ids
 
 
+# Share-locked until the show is written to Redis: an admin change of the show or its movie
+# (which locks the row, then reshapes the show in Redis if loaded) either waits for this load
+# and then finds the show loaded, or commits first and is what this load reads.
 SELECT_SHOW_FOR_LOAD = """
 SELECT s.id, s.movie_id, m.title, m.duration_minutes, s.screen_name, s.date_time,
        s.total_seats, s.seat_rows, s.seats_per_row
 FROM shows s JOIN movies m ON m.id = s.movie_id
 WHERE s.id = $1
+FOR SHARE OF s, m
 """
 SELECT_BOOKED_FOR_LOAD = """
 SELECT id, user_id, seat_number, created_at FROM bookings
@@ -202,24 +217,24 @@ class SeatEngine:
         self.ids.raise_floor(int(await self.pool.fetchval(SELECT_MAX_BOOKING_ID)))
 
     async def load(self, show_id: int) -> bool:
-        """Load a show from PostgreSQL unless it is loaded already; NotFound if it does not exist."""
-        async with self.pool.acquire() as conn:
-            async with conn.transaction(isolation="repeatable_read", readonly=True):
-                row = await conn.fetchrow(SELECT_SHOW_FOR_LOAD, show_id)
-                if row is None:
-                    raise NotFound("Show not found.")
-                booked = await conn.fetch(SELECT_BOOKED_FOR_LOAD, show_id)
-                max_id = int(await conn.fetchval(SELECT_MAX_BOOKING_ID))
-        self.ids.raise_floor(max_id)
-        labels = seat_labels(row["total_seats"], row["seat_rows"], row["seats_per_row"])
-        args: list[Any] = [to_us(row["date_time"]), show_json_prefix(row), ",".join(labels)]
-        for b in booked:
-            args += [
-                b["id"],
-                record(b["user_id"], b["seat_number"], to_us(b["created_at"]), "booked"),
-                b["seat_number"],
-            ]
-        loaded = bool(await self.scripts.load_show(keys=keys.show_keys(show_id), args=args))
+        """Load a show from PostgreSQL unless loaded already; NotFound if it does not exist."""
+        # Read committed: the share lock, once granted, reads the latest committed rows.
+        async with self.pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(SELECT_SHOW_FOR_LOAD, show_id)
+            if row is None:
+                raise NotFound("Show not found.")
+            booked = await conn.fetch(SELECT_BOOKED_FOR_LOAD, show_id)
+            max_id = int(await conn.fetchval(SELECT_MAX_BOOKING_ID))
+            self.ids.raise_floor(max_id)
+            labels = seat_labels(row["total_seats"], row["seat_rows"], row["seats_per_row"])
+            args: list[Any] = [to_us(row["date_time"]), show_json_prefix(row), ",".join(labels)]
+            for b in booked:
+                args += [
+                    b["id"],
+                    record(b["user_id"], b["seat_number"], to_us(b["created_at"]), "booked"),
+                    b["seat_number"],
+                ]
+            loaded = bool(await self.scripts.load_show(keys=keys.show_keys(show_id), args=args))
         if loaded:
             await self.redis.sadd(keys.LOADED_SHOWS, show_id)
         return loaded
@@ -312,7 +327,7 @@ class SeatEngine:
         """(available seats, show JSON prefix) of a loaded show, else None."""
         meta, seats, held, *_ = keys.show_keys(show_id)
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.hmget(meta, "json", "closed")
+            pipe.hmget(meta, ["json", "closed"])
             pipe.scard(seats)
             pipe.hlen(held)
             (prefix, closed), capacity, held_count = await pipe.execute()

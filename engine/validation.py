@@ -84,7 +84,10 @@ def parse_aware_datetime(value: Any) -> datetime:
         raise ValidationError("Enter an ISO 8601 date and time with an offset.") from None
     if moment.tzinfo is None or moment.utcoffset() is None:
         raise ValidationError("The date and time must carry an offset (Z or ±hh:mm).")
-    moment = moment.astimezone(UTC)
+    try:
+        moment = moment.astimezone(UTC)
+    except OverflowError:  # e.g. 9999-12-31T23:00-05:00 is in the year 10000 in UTC
+        raise ValidationError("The year must be between 1970 and 9999.") from None
     if not 1970 <= moment.year <= 9999:
         raise ValidationError("The year must be between 1970 and 9999.")
     return moment
@@ -143,13 +146,22 @@ def _flatten(messages: Any) -> dict[str, list[str]]:
     return {"non_field_errors": [str(messages)]}
 
 
+# ASCII digits only: str.isdigit() also takes "²" (which int() refuses) and "١" (read as 1).
+_DIGITS_RE = re.compile(r"[0-9]+")
+
+
+def db_id(raw: str) -> int | None:
+    """A positive id that fits PostgreSQL's bigint, or None."""
+    if not _DIGITS_RE.fullmatch(raw) or len(raw) > 19:
+        return None
+    value = int(raw)
+    return value if 1 <= value <= MAX_DB_ID else None
+
+
 def path_id(request: web.Request, name: str = "id") -> int:
     """An id from the path; non-numeric or above 2^63-1 is an unknown id (404)."""
-    raw = request.match_info.get(name, "")
-    if not raw.isdigit() or len(raw) > 19:
-        raise NotFound()
-    value = int(raw)
-    if value < 1 or value > MAX_DB_ID:
+    value = db_id(request.match_info.get(name, ""))
+    if value is None:
         raise NotFound()
     return value
 
@@ -159,12 +171,14 @@ def query_id(request: web.Request, name: str) -> int | None:
     raw = request.query.get(name)
     if raw is None:
         return None
-    if not raw.isdigit() or len(raw) > 19 or not 1 <= int(raw) <= MAX_DB_ID:
+    value = db_id(raw)
+    if value is None:
         raise InvalidInput(errors={name: ["A valid positive integer is required."]})
-    return int(raw)
+    return value
 
 
-_INT_RE = re.compile(r"^[0-9]{1,9}$")
+# Any page beyond this is past the end of any list; the bound keeps OFFSET within bigint.
+MAX_PAGE = 10**12
 
 
 class Page:
@@ -172,17 +186,19 @@ class Page:
 
     def __init__(self, request: web.Request) -> None:
         self.request = request
-        self.number = self._read("page", 1)
-        size = self._read("page_size", DEFAULT_PAGE_SIZE)
-        self.size = min(size, MAX_PAGE_SIZE)
+        self.number = self._read("page", 1, MAX_PAGE)
+        self.size = self._read("page_size", DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
 
-    def _read(self, name: str, default: int) -> int:
+    def _read(self, name: str, default: int, cap: int) -> int:
+        """A positive integer, however many digits (clamped to cap); otherwise a 400."""
         raw = self.request.query.get(name)
         if raw is None:
             return default
-        if not _INT_RE.match(raw.strip()) or int(raw) < 1:
+        digits = raw.strip()
+        if not _DIGITS_RE.fullmatch(digits) or not digits.strip("0"):
             raise InvalidInput(errors={name: ["Must be a positive integer."]})
-        return int(raw)
+        significant = digits.lstrip("0")
+        return cap if len(significant) > len(str(cap)) else min(int(significant), cap)
 
     @property
     def offset(self) -> int:

@@ -9,6 +9,7 @@ its own is created next to DATABASE_URL's, and Redis db TEST_REDIS_DB (default 1
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
 import shutil
 import subprocess
@@ -167,15 +168,17 @@ async def server(settings: Settings) -> AsyncIterator[str]:
     await runner.cleanup()
 
 
+@pytest.fixture
+async def _clean_services(pg: asyncpg.Pool, redis: ArqRedis) -> None:
+    await redis.flushdb()
+    await pg.execute(f"TRUNCATE {TABLES} RESTART IDENTITY CASCADE")
+
+
 @pytest.fixture(autouse=True)
-async def clean_state(request: pytest.FixtureRequest) -> AsyncIterator[None]:
+def clean_state(request: pytest.FixtureRequest) -> None:
     """A clean Redis keyspace and empty tables for every test that uses the services."""
     if "settings" in request.fixturenames:
-        pg_pool: asyncpg.Pool = request.getfixturevalue("pg")
-        redis_conn: ArqRedis = request.getfixturevalue("redis")
-        await redis_conn.flushdb()
-        await pg_pool.execute(f"TRUNCATE {TABLES} RESTART IDENTITY CASCADE")
-    yield
+        request.getfixturevalue("_clean_services")
 
 
 @pytest.fixture
@@ -270,7 +273,8 @@ async def make_show(
         total_seats = rows * seats_per_row
     return int(
         await pg_pool.fetchval(
-            "INSERT INTO shows (movie_id, screen_name, date_time, total_seats, seat_rows, seats_per_row)"
+            "INSERT INTO shows"
+            " (movie_id, screen_name, date_time, total_seats, seat_rows, seats_per_row)"
             " VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
             movie_id,
             screen,
@@ -300,7 +304,8 @@ async def drain(settings: Settings, pg: asyncpg.Pool, redis: ArqRedis) -> Any:
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        item.add_marker(pytest.mark.asyncio(loop_scope="session"))
+        if inspect.iscoroutinefunction(getattr(item, "function", None)):
+            item.add_marker(pytest.mark.asyncio(loop_scope="session"))
 
 
 async def gather_limited(coros: list[Any], limit: int = 200) -> list[Any]:

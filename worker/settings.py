@@ -55,6 +55,9 @@ class WorkerSettings:
     max_jobs = 4
     poll_delay = 0.02
     job_timeout = JOB_TIMEOUT_S
+    # On SIGTERM stop taking jobs and let the running ones commit (arq would cancel them and
+    # exit 1 with a CancelledError traceback); a job never runs longer than its timeout anyway.
+    job_completion_wait = JOB_TIMEOUT_S
 
 
 def create_worker(settings: Settings) -> Worker:

@@ -6,6 +6,7 @@ import logging
 from typing import Any
 
 import asyncpg
+import redis.exceptions
 from arq import Retry
 
 from engine.persistence import mark_unpersisted, persist_dirty
@@ -22,6 +23,8 @@ TRANSIENT = (
     asyncpg.SerializationError,
     asyncpg.CannotConnectNowError,
     asyncpg.TooManyConnectionsError,
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
 )
 
 

@@ -11,7 +11,7 @@ from marshmallow import Schema, ValidationError, fields, validates_schema
 
 from engine import appkeys, keys
 from engine.auth import require_admin
-from engine.booking import SELECT_SHOWS, BookingPageSchema, BookingSchema, cancel
+from engine.booking import SELECT_SHOWS, BookingPageSchema, BookingSchema, cancel_response
 from engine.catalog import (
     SELECT_MOVIE,
     SELECT_SHOW,
@@ -19,13 +19,13 @@ from engine.catalog import (
     MoviePageSchema,
     MovieSchema,
     ShowSchema,
-    movie_dict,
     page_of,
     shows_json,
 )
 from engine.errors import Conflict, InvalidInput, NotFound
-from engine.jsonutil import json_response, raw_json_response
-from engine.seats import SeatEngine, seat_labels, show_json_prefix, to_us
+from engine.jsonutil import json_response
+from engine.seats import SeatEngine, seat_labels
+from engine.shapes import movie_dict, show_json_prefix, to_us
 from engine.validation import (
     AwareDateTime,
     Page,
@@ -139,6 +139,7 @@ WHERE s.movie_id = $1 ORDER BY s.id
 MOVIE_HAS_BOOKINGS = """
 SELECT EXISTS (SELECT 1 FROM bookings b JOIN shows s ON s.id = b.show_id WHERE s.movie_id = $1)
 """
+LOCK_MOVIE_ROW = "SELECT id FROM movies WHERE id = $1 FOR UPDATE"
 DELETE_MOVIE = "DELETE FROM movies WHERE id = $1"
 
 COUNT_SHOWS = "SELECT count(*) FROM shows WHERE ($1::bigint IS NULL OR movie_id = $1)"
@@ -277,6 +278,32 @@ async def close_shows(seats: SeatEngine, show_ids: list[int]) -> None:
         closed.append(show_id)
 
 
+async def delete_unbooked(
+    seats: SeatEngine,
+    pool: asyncpg.Pool,
+    show_ids: list[int],
+    target_id: int,
+    lock_sql: str,
+    has_bookings_sql: str,
+    delete_sql: str,
+    what: str,
+) -> None:
+    """Delete a movie or a show unless it has bookings. Its shows are closed to claims in Redis
+    first (so none slips in between the check and the delete), reopened if the delete does not
+    happen, and purged from Redis once it did."""
+    await close_shows(seats, show_ids)
+    try:
+        async with pool.acquire() as conn, conn.transaction():
+            await conn.execute(lock_sql, target_id)
+            if await conn.fetchval(has_bookings_sql, target_id):
+                raise Conflict(f"This {what} still has bookings.")
+            await conn.execute(delete_sql, target_id)
+    except BaseException:
+        await retire(seats, show_ids, "reopen")
+        raise
+    await retire(seats, show_ids, "purge")
+
+
 # --- handlers --------------------------------------------------------------------------------
 
 routes = web.RouteTableDef()
@@ -357,16 +384,9 @@ async def delete_movie(request: web.Request) -> web.Response:
     if await pool.fetchrow(SELECT_MOVIE, movie_id) is None:
         raise NotFound("Movie not found.")
     show_ids = [r["id"] for r in await pool.fetch(SELECT_MOVIE_SHOW_IDS, movie_id)]
-    await close_shows(seats, show_ids)
-    try:
-        async with pool.acquire() as conn, conn.transaction():
-            if await conn.fetchval(MOVIE_HAS_BOOKINGS, movie_id):
-                raise Conflict("This movie still has bookings.")
-            await conn.execute(DELETE_MOVIE, movie_id)
-    except BaseException:
-        await retire(seats, show_ids, "reopen")
-        raise
-    await retire(seats, show_ids, "purge")
+    await delete_unbooked(
+        seats, pool, show_ids, movie_id, LOCK_MOVIE_ROW, MOVIE_HAS_BOOKINGS, DELETE_MOVIE, "movie"
+    )
     return web.Response(status=204)
 
 
@@ -508,17 +528,9 @@ async def delete_show(request: web.Request) -> web.Response:
     pool, seats = request.app[appkeys.PG_POOL], request.app[appkeys.SEATS]
     if await pool.fetchrow(SELECT_SHOW, show_id) is None:
         raise NotFound("Show not found.")
-    await close_shows(seats, [show_id])
-    try:
-        async with pool.acquire() as conn, conn.transaction():
-            await conn.execute(LOCK_SHOW_ROW, show_id)
-            if await conn.fetchval(SHOW_HAS_BOOKINGS, show_id):
-                raise Conflict("This show still has bookings.")
-            await conn.execute(DELETE_SHOW, show_id)
-    except BaseException:
-        await retire(seats, [show_id], "reopen")
-        raise
-    await retire(seats, [show_id], "purge")
+    await delete_unbooked(
+        seats, pool, [show_id], show_id, LOCK_SHOW_ROW, SHOW_HAS_BOOKINGS, DELETE_SHOW, "show"
+    )
     return web.Response(status=204)
 
 
@@ -583,18 +595,7 @@ async def list_bookings(request: web.Request) -> web.Response:
 @routes.post(r"/api/admin/bookings/{id}/cancel/")
 async def admin_cancel(request: web.Request) -> web.Response:
     principal = await require_admin(request)
-    booking_id = path_id(request)
-    app = request.app
-    body = await cancel(
-        app[appkeys.SEATS],
-        app[appkeys.REDIS],
-        app[appkeys.PG_POOL],
-        app[appkeys.PERSIST],
-        booking_id,
-        principal.user_id,
-        as_admin=True,
-    )
-    return raw_json_response(body)
+    return await cancel_response(request, principal.user_id, as_admin=True)
 
 
 @docs(tags=["Admin"], summary="List users", security=SECURITY, parameters=PAGE_PARAMS)

@@ -16,15 +16,8 @@ from engine.catalog import SHOW_COLUMNS, ShowSchema, page_of, shows_json
 from engine.errors import Forbidden, InvalidInput, NotFound, Unavailable
 from engine.jsonutil import dumps, json_response, raw_json_response
 from engine.persistence import PersistScheduler, mark_changed
-from engine.seats import (
-    BookingRecord,
-    SeatEngine,
-    iso_from_us,
-    normalise_seat,
-    now_us,
-    show_json,
-    to_us,
-)
+from engine.seats import BookingRecord, SeatEngine, normalise_seat, now_us
+from engine.shapes import booking_json, iso_from_us, show_json, to_us
 from engine.validation import Page, path_id, read_json
 
 SELECT_BOOKING = """
@@ -42,14 +35,6 @@ SELECT_SHOWS = f"""
 SELECT {SHOW_COLUMNS} FROM shows s JOIN movies m ON m.id = s.movie_id WHERE s.id = ANY($1::bigint[])
 """
 SELECT_SHOW_EXISTS = "SELECT 1 FROM shows WHERE id = $1"
-
-
-def booking_json(booking_id: int, show: str, seat: str, status: str, created_us: int) -> bytes:
-    """A booking's JSON around the show's JSON (already serialised)."""
-    return (
-        f'{{"id":{booking_id},"show":{show},"seat_number":{dumps(seat).decode()},'
-        f'"status":"{status}","created_at":"{iso_from_us(created_us)}"}}'
-    ).encode()
 
 
 async def show_exists(pool: asyncpg.Pool, show_id: int) -> bool:
@@ -294,7 +279,11 @@ async def book_view(request: web.Request) -> web.Response:
 @response_schema(BookingSchema, 200)
 @routes.post(r"/api/bookings/{id}/cancel/")
 async def cancel_view(request: web.Request) -> web.Response:
-    principal = require_user(request)
+    return await cancel_response(request, require_user(request).user_id, as_admin=False)
+
+
+async def cancel_response(request: web.Request, actor_id: int, *, as_admin: bool) -> web.Response:
+    """The cancel of the booking in the path, by its owner or by an admin."""
     booking_id = path_id(request)
     app = request.app
     body = await cancel(
@@ -303,8 +292,8 @@ async def cancel_view(request: web.Request) -> web.Response:
         app[appkeys.PG_POOL],
         app[appkeys.PERSIST],
         booking_id,
-        principal.user_id,
-        as_admin=False,
+        actor_id,
+        as_admin=as_admin,
     )
     return raw_json_response(body)
 

@@ -15,7 +15,8 @@ from engine import appkeys
 from engine.errors import InvalidInput, NotFound
 from engine.jsonutil import json_response
 from engine.seats import SeatEngine
-from engine.validation import Page, iso_utc, parse_aware_datetime, path_id
+from engine.shapes import movie_dict, show_dict
+from engine.validation import Page, parse_aware_datetime, path_id
 
 SHOW_COLUMNS = """
 s.id, s.movie_id, m.title, m.duration_minutes, s.screen_name, s.date_time, s.total_seats,
@@ -57,25 +58,6 @@ def parse_from(raw: str) -> datetime:
         return parse_aware_datetime(text)
     except ValidationError as exc:
         raise InvalidInput(errors={"from": [str(m) for m in exc.messages]}) from None
-
-
-def movie_dict(row: asyncpg.Record) -> dict[str, Any]:
-    return {"id": row["id"], "title": row["title"], "duration_minutes": row["duration_minutes"]}
-
-
-def show_dict(row: asyncpg.Record, available: int) -> dict[str, Any]:
-    return {
-        "id": row["id"],
-        "movie": {
-            "id": row["movie_id"],
-            "title": row["title"],
-            "duration_minutes": row["duration_minutes"],
-        },
-        "screen_name": row["screen_name"],
-        "date_time": iso_utc(row["date_time"]),
-        "total_seats": row["total_seats"],
-        "available_seats": available,
-    }
 
 
 async def available_seats(

@@ -21,7 +21,8 @@ import asyncpg
 from arq.connections import ArqRedis
 
 from engine import keys
-from engine.seats import BookingRecord, Scripts, from_us
+from engine.seats import BookingRecord, Scripts
+from engine.shapes import from_us
 
 log = logging.getLogger("engine.persist")
 

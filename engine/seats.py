@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ from redis.commands.core import AsyncScript
 
 from engine import keys
 from engine.errors import Conflict, Forbidden, InvalidInput, NotFound
+from engine.shapes import show_json_prefix, to_us
 
 LUA_DIR = Path(__file__).resolve().parent.parent / "lua"
 SCRIPT_NAMES = (
@@ -62,25 +62,6 @@ class Scripts:
 
 def now_us() -> int:
     return time.time_ns() // 1000
-
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_MICROSECOND = timedelta(microseconds=1)
-
-
-def to_us(moment: datetime) -> int:
-    """Microseconds since the epoch, in integers (a float would shift far-future instants)."""
-    if moment.tzinfo is None:  # asyncpg gives datetime.max (naive) for the largest instant
-        moment = moment.replace(tzinfo=UTC)
-    return (moment - _EPOCH) // _MICROSECOND
-
-
-def from_us(us: int) -> datetime:
-    return _EPOCH + timedelta(microseconds=us)
-
-
-def iso_from_us(us: int) -> str:
-    return from_us(us).isoformat().replace("+00:00", "Z")
 
 
 def row_name(index: int) -> str:
@@ -175,32 +156,6 @@ SELECT id, user_id, seat_number, created_at FROM bookings
 WHERE show_id = $1 AND status = 'booked'
 """
 SELECT_MAX_BOOKING_ID = "SELECT coalesce(max(id), 0) FROM bookings"
-
-
-def show_json_prefix(row: asyncpg.Record | dict[str, Any]) -> str:
-    """The show's JSON up to the value of available_seats, which Redis counts."""
-    from engine.jsonutil import dumps
-
-    body = dumps(
-        {
-            "id": row["id"],
-            "movie": {
-                "id": row["movie_id"],
-                "title": row["title"],
-                "duration_minutes": row["duration_minutes"],
-            },
-            "screen_name": row["screen_name"],
-            "date_time": iso_from_us(to_us(row["date_time"])),
-            "total_seats": row["total_seats"],
-            "available_seats": 0,
-        }
-    ).decode()
-    return body[: -len("0}")]
-
-
-def show_json(prefix: str | bytes, available: int) -> str:
-    text = prefix.decode() if isinstance(prefix, bytes) else prefix
-    return f"{text}{available}}}"
 
 
 class SeatEngine:

@@ -6,6 +6,7 @@ COPY worker worker
 COPY lua lua
 COPY migrations migrations
 RUN pip install --no-cache-dir .
-ENV HOST=0.0.0.0 PORT=8000
+# lua/ and migrations/ are read from beside the engine package: run from the source tree.
+ENV HOST=0.0.0.0 PORT=8000 PYTHONPATH=/app
 EXPOSE 8000
 CMD ["python", "-m", "engine", "serve"]

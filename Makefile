@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-fast lint typecheck bench install clean stop-embedded
+.PHONY: run test test-fast lint typecheck install clean stop-embedded
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,11 +30,10 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy engine worker
 
-bench: $(STAMP)
-	$(PY) -m engine bench
-
+# Stops the servers of `make run` (.data) and of `make test` (.data-test).
 stop-embedded: $(STAMP)
 	$(PY) -m engine stop-embedded
+	BOOKING_DATA_DIR=.data-test $(PY) -m engine stop-embedded
 
-clean:
+clean: stop-embedded
 	rm -rf $(VENV) .data-test

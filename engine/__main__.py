@@ -201,7 +201,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     handler = globals()["cmd_" + args.command.replace("-", "_")]
-    return int(handler(settings, args))
+    try:
+        return int(handler(settings, args))
+    except (OSError, asyncio.TimeoutError) as exc:
+        # The usual start-up failure: a DATABASE_URL or REDIS_URL nothing answers at.
+        print(f"error: cannot reach PostgreSQL or Redis: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -268,13 +268,13 @@ async def retire(seats: SeatEngine, show_ids: list[int], action: str) -> bool:
     return ok
 
 
-async def close_shows(seats: SeatEngine, show_ids: list[int]) -> None:
+async def close_shows(seats: SeatEngine, show_ids: list[int], what: str) -> None:
     """Close shows to new claims; Conflict (and nothing closed) if any has bookings in Redis."""
     closed: list[int] = []
     for show_id in show_ids:
         if not await retire(seats, [show_id], "close"):
             await retire(seats, closed, "reopen")
-            raise Conflict("This show still has bookings.")
+            raise Conflict(f"This {what} still has bookings.")
         closed.append(show_id)
 
 
@@ -291,7 +291,7 @@ async def delete_unbooked(
     """Delete a movie or a show unless it has bookings. Its shows are closed to claims in Redis
     first (so none slips in between the check and the delete), reopened if the delete does not
     happen, and purged from Redis once it did."""
-    await close_shows(seats, show_ids)
+    await close_shows(seats, show_ids, what)
     try:
         async with pool.acquire() as conn, conn.transaction():
             await conn.execute(lock_sql, target_id)

@@ -162,9 +162,11 @@ class TokenService:
 
 def bearer_token(request: web.Request) -> str:
     header = request.headers.get("Authorization", "")
+    if not header.strip():
+        raise Unauthorized("Authentication credentials were not provided.")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
-        raise Unauthorized("Authentication credentials were not provided.")
+        raise Unauthorized('The Authorization header must be "Bearer <access token>".')
     return token.strip()
 
 

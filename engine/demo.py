@@ -33,6 +33,12 @@ async def load_demo(dsn: str) -> bool:
             )
             for index, (title, minutes) in enumerate(MOVIES):
                 movie_id = await conn.fetchval(INSERT_MOVIE, title, minutes)
+                if index == 0:
+                    # Show 1, the premiere of the README's walk-through: far enough ahead that
+                    # the walk-through works for weeks after the catalog was loaded.
+                    await conn.execute(
+                        INSERT_SHOW, movie_id, "IMAX", tomorrow + timedelta(days=60), 96, 8, 12
+                    )
                 for day in range(3):
                     when = tomorrow + timedelta(days=day, hours=2 * (index % 2))
                     if index == 0:

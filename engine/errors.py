@@ -102,9 +102,19 @@ async def error_middleware(
         if isinstance(exc, Unavailable):
             response.headers["Retry-After"] = str(exc.retry_after_s)
     except web.HTTPException as exc:
-        if exc.status < 400:
-            exc.headers[REQUEST_ID_HEADER] = request_id
-            raise
+        if exc.status < 400:  # the 308 to the slashed path: JSON like every other answer
+            response = json_response(
+                {"detail": f"Moved to {exc.headers.get('Location', '')}"}, status=exc.status
+            )
+            response.headers.update(
+                {
+                    k: v
+                    for k, v in exc.headers.items()
+                    if k.lower() not in ("content-type", "content-length")
+                }
+            )
+            response.headers[REQUEST_ID_HEADER] = request_id
+            return response
         status = exc.status
         if status == 413:
             status = 400  # the contract answers oversized input with 400

@@ -54,7 +54,7 @@ def data_dir_from(env: dict[str, str]) -> Path:
 
 
 def load_settings(env: dict[str, str] | None = None, *, start_embedded: bool = True) -> Settings:
-    """Read settings from the environment; start embedded servers for unset URLs."""
+    """Read and check every setting, then start embedded servers for unset URLs."""
     env = dict(os.environ if env is None else env)
     data_dir = data_dir_from(env)
     database_url = env.get("DATABASE_URL", "")
@@ -65,27 +65,15 @@ def load_settings(env: dict[str, str] | None = None, *, start_embedded: bool = T
         raise SettingsError("DATABASE_URL must start with postgresql://")
     if redis_url and not redis_url.startswith(("redis://", "rediss://", "unix://")):
         raise SettingsError("REDIS_URL must start with redis://, rediss:// or unix://")
-    if (embedded_pg or embedded_redis) and start_embedded:
-        from engine import embedded
-
-        if embedded_pg:
-            database_url = embedded.ensure_postgres(data_dir)
-        if embedded_redis:
-            redis_url = embedded.ensure_redis(data_dir)
-
     jwt_secret = env.get("JWT_SECRET", "")
-    if not jwt_secret:
-        if embedded_pg or embedded_redis:
-            jwt_secret = _embedded_secret(data_dir)
-        else:
-            raise SettingsError(
-                "JWT_SECRET is not set: it is required when DATABASE_URL and REDIS_URL are set "
-                "(only embedded mode generates one)"
-            )
-    elif len(jwt_secret) < 16:
+    if not jwt_secret and not (embedded_pg or embedded_redis):
+        raise SettingsError(
+            "JWT_SECRET is not set: it is required when DATABASE_URL and REDIS_URL are set "
+            "(only embedded mode generates one)"
+        )
+    if jwt_secret and len(jwt_secret) < 16:
         raise SettingsError("JWT_SECRET must be at least 16 characters long")
-
-    return Settings(
+    settings = Settings(
         database_url=database_url,
         redis_url=redis_url,
         jwt_secret=jwt_secret,
@@ -97,9 +85,21 @@ def load_settings(env: dict[str, str] | None = None, *, start_embedded: bool = T
         access_ttl_s=_int(env, "ACCESS_TOKEN_TTL", 15 * 60, 10, 24 * 3600),
         refresh_ttl_s=_int(env, "REFRESH_TOKEN_TTL", 7 * 24 * 3600, 60, 365 * 24 * 3600),
         bcrypt_rounds=_int(env, "BCRYPT_ROUNDS", 12, 4, 16),
-        reconcile_interval_s=_int(env, "RECONCILE_INTERVAL", 5, 1, 3600),
+        reconcile_interval_s=_int(env, "RECONCILE_INTERVAL", 5, 1, 30),
         log_level=(env.get("LOG_LEVEL") or "INFO").upper(),
     )
+    # Only once every setting is known good: start (or find) the embedded servers.
+    if embedded_pg or embedded_redis:
+        if not jwt_secret:
+            settings = settings.with_(jwt_secret=_embedded_secret(data_dir))
+        if start_embedded:
+            from engine import embedded
+
+            if embedded_pg:
+                settings = settings.with_(database_url=embedded.ensure_postgres(data_dir))
+            if embedded_redis:
+                settings = settings.with_(redis_url=embedded.ensure_redis(data_dir))
+    return settings
 
 
 def _embedded_secret(data_dir: Path) -> str:

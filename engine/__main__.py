@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Sequence
 
 from engine.settings import Settings, SettingsError, load_settings
@@ -98,12 +99,21 @@ def _supervise(children: list[subprocess.Popen[bytes]]) -> int:
 
 
 def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
+    import redis.exceptions
+
     from worker.settings import create_worker
 
     _use_uvloop()
-    asyncio.set_event_loop(asyncio.new_event_loop())
-    create_worker(settings).run()
-    return 0
+    while True:
+        asyncio.set_event_loop(asyncio.new_event_loop())
+        try:
+            create_worker(settings).run()
+            return 0
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
+            # arq's loop ends when Redis goes away: start a new worker once it is back. The
+            # records it did not persist are still pending in Redis (or lost with Redis itself).
+            log.warning("worker lost Redis (%r); restarting in 1 s", exc)
+            time.sleep(1)
 
 
 def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
@@ -203,7 +213,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler = globals()["cmd_" + args.command.replace("-", "_")]
     try:
         return int(handler(settings, args))
-    except (OSError, asyncio.TimeoutError) as exc:
+    except (TimeoutError, OSError) as exc:
         # The usual start-up failure: a DATABASE_URL or REDIS_URL nothing answers at.
         print(f"error: cannot reach PostgreSQL or Redis: {exc}", file=sys.stderr)
         return 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import asyncpg
@@ -36,6 +37,8 @@ from engine.validation import (
     path_id,
     query_id,
 )
+
+log = logging.getLogger(__name__)
 
 SECURITY: list[dict[str, list[str]]] = [{"Bearer": []}]
 PAGE_PARAMS = [
@@ -140,6 +143,7 @@ MOVIE_HAS_BOOKINGS = """
 SELECT EXISTS (SELECT 1 FROM bookings b JOIN shows s ON s.id = b.show_id WHERE s.movie_id = $1)
 """
 LOCK_MOVIE_ROW = "SELECT id FROM movies WHERE id = $1 FOR UPDATE"
+LOCK_MOVIE_SHARED = "SELECT id, title, duration_minutes FROM movies WHERE id = $1 FOR SHARE"
 DELETE_MOVIE = "DELETE FROM movies WHERE id = $1"
 
 COUNT_SHOWS = "SELECT count(*) FROM shows WHERE ($1::bigint IS NULL OR movie_id = $1)"
@@ -268,40 +272,42 @@ async def retire(seats: SeatEngine, show_ids: list[int], action: str) -> bool:
     return ok
 
 
-async def close_shows(seats: SeatEngine, show_ids: list[int], what: str) -> None:
-    """Close shows to new claims; Conflict (and nothing closed) if any has bookings in Redis."""
-    closed: list[int] = []
-    for show_id in show_ids:
-        if not await retire(seats, [show_id], "close"):
-            await retire(seats, closed, "reopen")
-            raise Conflict(f"This {what} still has bookings.")
-        closed.append(show_id)
-
-
 async def delete_unbooked(
     seats: SeatEngine,
     pool: asyncpg.Pool,
-    show_ids: list[int],
     target_id: int,
     lock_sql: str,
+    shows_sql: str,
     has_bookings_sql: str,
     delete_sql: str,
     what: str,
 ) -> None:
-    """Delete a movie or a show unless it has bookings. Its shows are closed to claims in Redis
-    first (so none slips in between the check and the delete), reopened if the delete does not
+    """Delete a movie or a show unless it has bookings.
+
+    The row is locked first (a concurrent delete then finds nothing: 404; a show cannot be moved
+    onto a movie being deleted), its shows are listed under that lock and closed to claims in
+    Redis (so none slips in between the check and the delete), reopened if the delete does not
     happen, and purged from Redis once it did."""
-    await close_shows(seats, show_ids, what)
+    closed: list[int] = []
     try:
         async with pool.acquire() as conn, conn.transaction():
-            await conn.execute(lock_sql, target_id)
+            if await conn.fetchval(lock_sql, target_id) is None:
+                raise NotFound(f"{what.capitalize()} not found.")
+            show_ids = [r["id"] for r in await conn.fetch(shows_sql, target_id)]
+            for show_id in show_ids:
+                if not await retire(seats, [show_id], "close"):
+                    raise Conflict(f"This {what} still has bookings.")
+                closed.append(show_id)
             if await conn.fetchval(has_bookings_sql, target_id):
                 raise Conflict(f"This {what} still has bookings.")
-            await conn.execute(delete_sql, target_id)
+            try:
+                await conn.execute(delete_sql, target_id)
+            except asyncpg.ForeignKeyViolationError:
+                raise Conflict(f"This {what} still has bookings.") from None
     except BaseException:
-        await retire(seats, show_ids, "reopen")
+        await retire(seats, closed, "reopen")
         raise
-    await retire(seats, show_ids, "purge")
+    await retire(seats, closed, "purge")
 
 
 # --- handlers --------------------------------------------------------------------------------
@@ -381,11 +387,15 @@ async def delete_movie(request: web.Request) -> web.Response:
     await require_admin(request)
     movie_id = path_id(request)
     pool, seats = request.app[appkeys.PG_POOL], request.app[appkeys.SEATS]
-    if await pool.fetchrow(SELECT_MOVIE, movie_id) is None:
-        raise NotFound("Movie not found.")
-    show_ids = [r["id"] for r in await pool.fetch(SELECT_MOVIE_SHOW_IDS, movie_id)]
     await delete_unbooked(
-        seats, pool, show_ids, movie_id, LOCK_MOVIE_ROW, MOVIE_HAS_BOOKINGS, DELETE_MOVIE, "movie"
+        seats,
+        pool,
+        movie_id,
+        LOCK_MOVIE_ROW,
+        SELECT_MOVIE_SHOW_IDS,
+        MOVIE_HAS_BOOKINGS,
+        DELETE_MOVIE,
+        "movie",
     )
     return web.Response(status=204)
 
@@ -464,11 +474,6 @@ async def patch_show(request: web.Request) -> web.Response:
     if await pool.fetchrow(SELECT_SHOW, show_id) is None:
         raise NotFound("Show not found.")
     data = await parse_body(request, ShowPatchSchema())
-    movie = None
-    if "movie_id" in data:
-        movie = await pool.fetchrow(SELECT_MOVIE, data["movie_id"])
-        if movie is None:
-            raise InvalidInput(errors={"movie_id": ["No movie with this id."]})
     # Loaded first, the show's Redis state is where every claim is decided: reshape_show then
     # changes the layout atomically with respect to claims, and no load racing this change can
     # bring the old layout back. Redis also knows every booked seat, cancellations not yet
@@ -481,7 +486,24 @@ async def patch_show(request: web.Request) -> web.Response:
             old = await conn.fetchrow(LOCK_SHOW, show_id)
             if old is None:
                 raise NotFound("Show not found.")
+            movie = None
+            if "movie_id" in data:
+                # Share-locked: the movie cannot be deleted (with its shows) under this change.
+                movie = await conn.fetchrow(LOCK_MOVIE_SHARED, data["movie_id"])
+                if movie is None:
+                    raise InvalidInput(errors={"movie_id": ["No movie with this id."]})
             new = patched_show(old, data, movie)
+            # PostgreSQL first, uncommitted: whatever it refuses, Redis has not changed yet.
+            await conn.execute(
+                UPDATE_SHOW,
+                show_id,
+                new["movie_id"],
+                new["screen_name"],
+                new["date_time"],
+                new["total_seats"],
+                new["seat_rows"],
+                new["seats_per_row"],
+            )
             loaded, missing = await reshape_in_redis(seats, new)
             reshaped = loaded and missing is None
             if not loaded:
@@ -496,21 +518,13 @@ async def patch_show(request: web.Request) -> web.Response:
                 )
             if missing is not None:
                 raise Conflict(f"Seat {missing} is booked and would no longer exist.")
-            await conn.execute(
-                UPDATE_SHOW,
-                show_id,
-                new["movie_id"],
-                new["screen_name"],
-                new["date_time"],
-                new["total_seats"],
-                new["seat_rows"],
-                new["seats_per_row"],
-            )
-    except BaseException as exc:
+    except BaseException:
+        # Only a failed commit gets here with Redis reshaped; claims since then fit both layouts
+        # only if they are in the old one, so this can be refused, and is logged if it is.
         if reshaped and old is not None:
-            await reshape_in_redis(seats, old)
-        if isinstance(exc, asyncpg.ForeignKeyViolationError):
-            raise InvalidInput(errors={"movie_id": ["No movie with this id."]}) from None
+            conflict = await reshape_in_redis(seats, old)
+            if conflict[1] is not None:
+                log.error("show %s: Redis keeps the new layout after a failed commit", show_id)
         raise
     return json_response(await admin_show(seats, pool, show_id))
 
@@ -526,10 +540,8 @@ async def delete_show(request: web.Request) -> web.Response:
     await require_admin(request)
     show_id = path_id(request)
     pool, seats = request.app[appkeys.PG_POOL], request.app[appkeys.SEATS]
-    if await pool.fetchrow(SELECT_SHOW, show_id) is None:
-        raise NotFound("Show not found.")
     await delete_unbooked(
-        seats, pool, [show_id], show_id, LOCK_SHOW_ROW, SHOW_HAS_BOOKINGS, DELETE_SHOW, "show"
+        seats, pool, show_id, LOCK_SHOW_ROW, LOCK_SHOW_ROW, SHOW_HAS_BOOKINGS, DELETE_SHOW, "show"
     )
     return web.Response(status=204)
 

@@ -28,6 +28,8 @@ def redis_client(url: str, *, max_connections: int = 64) -> ArqRedis:
         url,
         max_connections=max_connections,
         socket_connect_timeout=2,
+        # A Redis that stops answering is a 503 after this long, never a hung request.
+        socket_timeout=5,
         health_check_interval=30,
     )
 

@@ -24,7 +24,7 @@ INSERT_APPLIED = "INSERT INTO schema_migrations (name) VALUES ($1)"
 
 
 async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
-    pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, command_timeout=30)
+    pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, command_timeout=10)
     assert pool is not None
     return pool
 

@@ -214,7 +214,8 @@ class SeatEngine:
                 await self.load(show_id)
                 continue
             if outcome == b"gone":
-                raise NotFound("Show not found.")
+                # Closed while an admin deletes it: 404 once deleted, bookable again if not.
+                raise Conflict("This show is being changed by an admin; try again shortly.")
             if outcome == b"invalid":
                 raise InvalidInput(
                     f"Seat {result[1].decode()} is not in this show.",

@@ -75,9 +75,18 @@ class AwareDateTime(fields.DateTime):
         return None if value is None else iso_utc(value)
 
 
+# Seconds and up to six fractional digits are optional; the offset is Z or ±hh:mm. Anything
+# finer (a seventh digit, an offset with seconds) would be cut silently: refused instead.
+_ISO_DATETIME = re.compile(
+    r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?([Zz]|[+-]\d{2}:\d{2})?\Z"
+)
+
+
 def parse_aware_datetime(value: Any) -> datetime:
-    if not isinstance(value, str) or len(value) > 64:
-        raise ValidationError("Enter an ISO 8601 date and time with an offset.")
+    if not isinstance(value, str) or len(value) > 64 or not _ISO_DATETIME.match(value.strip()):
+        raise ValidationError(
+            "Enter an ISO 8601 date and time with an offset, e.g. 2030-01-01T20:00:00+01:00."
+        )
     try:
         moment = datetime.fromisoformat(value.strip())
     except ValueError:

@@ -19,16 +19,9 @@ log = logging.getLogger("engine")
 
 
 def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level, logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
-    if level != "DEBUG":
-        # arq logs a line per job (a persistence job runs every 50 ms under load); our tasks log
-        # what they did instead.
-        logging.getLogger("arq.worker").setLevel(logging.WARNING)
-        logging.getLogger("arq.jobs").setLevel(logging.WARNING)
-    logging.getLogger("pgserver").setLevel(logging.WARNING)
+    from engine.logs import setup_logging
+
+    setup_logging(level, json_lines=os.environ.get("LOG_FORMAT", "json") != "text")
 
 
 def _use_uvloop() -> None:

@@ -22,3 +22,7 @@ SEATS: web.AppKey[SeatEngine] = web.AppKey("seats")
 TOKENS: web.AppKey[TokenService] = web.AppKey("tokens")
 PERSIST: web.AppKey[PersistScheduler] = web.AppKey("persist")
 OPENAPI: web.AppKey[dict[str, Any]] = web.AppKey("openapi")
+
+# Per request, for its log line: who asked, and which booking it made or changed.
+USER_ID = web.RequestKey("user_id", int)
+BOOKING_ID = web.RequestKey("booking_id", int)

@@ -172,7 +172,9 @@ def bearer_token(request: web.Request) -> str:
 
 def require_user(request: web.Request) -> Principal:
     """The caller, from the access token alone (no database)."""
-    return request.app[appkeys.TOKENS].verify_access(bearer_token(request))
+    principal = request.app[appkeys.TOKENS].verify_access(bearer_token(request))
+    request[appkeys.USER_ID] = principal.user_id  # for the request's log line
+    return principal
 
 
 SELECT_USER_RIGHTS = "SELECT is_active, is_admin FROM users WHERE id = $1"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 
@@ -10,6 +11,7 @@ import asyncpg
 import redis.exceptions
 from aiohttp import web
 
+from engine import appkeys
 from engine.jsonutil import json_response
 
 log = logging.getLogger("engine.http")
@@ -87,14 +89,38 @@ _HTTP_DETAILS = {
 }
 
 
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+access_log = logging.getLogger("engine.access")
+
+
 @web.middleware
-async def error_middleware(
-    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-) -> web.StreamResponse:
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every answer in the contract's shape, with a request id; one JSON log line a request."""
     incoming = request.headers.get(REQUEST_ID_HEADER, "")
     request_id = (
         incoming if 0 < len(incoming) <= 64 and incoming.isprintable() else uuid.uuid4().hex
     )
+    started = time.perf_counter()
+    response = await _respond(request, handler, request_id)
+    if access_log.isEnabledFor(logging.INFO):
+        access_log.info(
+            "%s %s %s",
+            request.method,
+            request.path,
+            response.status,
+            extra={
+                "request_id": request_id,
+                "status": response.status,
+                "ms": round((time.perf_counter() - started) * 1000, 2),
+                # Set by handlers that know them, to follow a booking to its row.
+                "user_id": request.get(appkeys.USER_ID),
+                "booking_id": request.get(appkeys.BOOKING_ID),
+            },
+        )
+    return response
+
+
+async def _respond(request: web.Request, handler: Handler, request_id: str) -> web.StreamResponse:
     try:
         response = await handler(request)
     except DomainError as exc:

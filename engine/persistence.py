@@ -247,3 +247,23 @@ async def mark_unpersisted(redis: ArqRedis) -> list[int]:
     if behind:
         await redis.sadd(keys.DIRTY_SHOWS, *behind)
     return behind
+
+
+async def pending_bookings(redis: ArqRedis) -> tuple[int, int | None]:
+    """(records not yet in PostgreSQL, claim time in µs of the oldest unpersisted booking)."""
+    show_ids = [int(s) for s in await redis.smembers(keys.LOADED_SHOWS)]
+    if not show_ids:
+        return 0, None
+    async with redis.pipeline(transaction=False) as pipe:
+        for show_id in show_ids:
+            pipe.hvals(keys.show_keys(show_id)[4])
+        replies = await pipe.execute()
+    count = 0
+    oldest: int | None = None
+    for records in replies:
+        count += len(records)
+        for raw in records:
+            _, _, created, status = raw.decode().split("|")
+            if status == "b" and (oldest is None or int(created) < oldest):
+                oldest = int(created)
+    return count, oldest

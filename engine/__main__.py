@@ -1,4 +1,5 @@
-"""Command line: serve, worker, migrate, createsuperuser, run (everything), demo."""
+"""Command line: serve, worker, migrate, createsuperuser, run (everything), demo, check,
+reconcile."""
 
 from __future__ import annotations
 
@@ -174,6 +175,42 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
     return _supervise(children)
 
 
+async def _reconcile_main(settings: Settings, *, repair: bool) -> int:
+    """`check` (repair=False) or `reconcile`: compare every loaded show with PostgreSQL."""
+    from engine import reconcile
+    from engine.app import redis_client
+    from engine.db import create_pool
+    from engine.seats import Scripts
+
+    pool = await create_pool(settings.database_url, min_size=1, max_size=2)
+    redis = redis_client(settings.redis_url, max_connections=4)
+    try:
+        report = await reconcile.check(redis, pool)
+        if not repair:
+            for diff in report.differences:
+                print(diff.describe())
+            print(report.summary())
+            return 1 if report.differences else 0
+        repaired = await reconcile.repair(redis, pool, Scripts(redis), report.differences)
+        for line in repaired:
+            print(line)
+        print(f"found {report.summary()}; repaired as above")
+        return 0
+    finally:
+        await redis.aclose()
+        await pool.close()
+
+
+def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
+    """Print each difference between Redis and PostgreSQL; exit 1 if there is any."""
+    return asyncio.run(_reconcile_main(settings, repair=False))
+
+
+def cmd_reconcile(settings: Settings, args: argparse.Namespace) -> int:
+    """Repair every difference between Redis and PostgreSQL (PostgreSQL wins) and say which."""
+    return asyncio.run(_reconcile_main(settings, repair=True))
+
+
 def cmd_stop_embedded(settings: Settings, args: argparse.Namespace) -> int:
     from engine.embedded import stop_embedded
 
@@ -194,6 +231,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     su.add_argument("--email", required=True)
     sub.add_parser("demo", help="load the demo catalog if the catalog is empty")
     sub.add_parser("run", help="migrate, demo catalog, API and worker (what `make run` does)")
+    sub.add_parser("check", help="list differences between Redis and PostgreSQL (exit 1 if any)")
+    sub.add_parser("reconcile", help="repair differences between Redis and PostgreSQL")
     sub.add_parser("stop-embedded", help="stop the embedded PostgreSQL and Redis servers")
     args = parser.parse_args(argv)
 

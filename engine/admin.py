@@ -24,6 +24,7 @@ from engine.catalog import (
     shows_json,
 )
 from engine.errors import Conflict, InvalidInput, NotFound
+from engine.idempotency import idempotency_header, idempotent
 from engine.jsonutil import json_response
 from engine.seats import SeatEngine, seat_labels
 from engine.shapes import movie_dict, show_json_prefix, to_us
@@ -328,9 +329,11 @@ async def list_movies(request: web.Request) -> web.Response:
 
 
 @docs(tags=["Admin"], summary="Create a movie", security=SECURITY)
+@idempotency_header
 @request_schema(MovieWriteSchema)
 @response_schema(MovieSchema, 201)
 @routes.post("/api/admin/movies/")
+@idempotent(require_admin)
 async def create_movie(request: web.Request) -> web.Response:
     await require_admin(request)
     data = await parse_body(request, MovieWriteSchema())
@@ -352,9 +355,11 @@ async def get_movie(request: web.Request) -> web.Response:
 
 
 @docs(tags=["Admin"], summary="Change a movie", security=SECURITY)
+@idempotency_header
 @request_schema(MoviePatchSchema)
 @response_schema(MovieSchema, 200)
 @routes.patch(r"/api/admin/movies/{id}/")
+@idempotent(require_admin)
 async def patch_movie(request: web.Request) -> web.Response:
     await require_admin(request)
     movie_id = path_id(request)
@@ -382,7 +387,9 @@ async def patch_movie(request: web.Request) -> web.Response:
     security=SECURITY,
     responses={204: {"description": "deleted"}, 409: {"description": "it has bookings"}},
 )
+@idempotency_header
 @routes.delete(r"/api/admin/movies/{id}/")
+@idempotent(require_admin)
 async def delete_movie(request: web.Request) -> web.Response:
     await require_admin(request)
     movie_id = path_id(request)
@@ -424,9 +431,11 @@ async def list_shows(request: web.Request) -> web.Response:
     summary="Create a show (seats 1..N, or rows x seats_per_row: A1..)",
     security=SECURITY,
 )
+@idempotency_header
 @request_schema(ShowWriteSchema)
 @response_schema(AdminShowSchema, 201)
 @routes.post("/api/admin/shows/")
+@idempotent(require_admin)
 async def create_show(request: web.Request) -> web.Response:
     await require_admin(request)
     data = await parse_body(request, ShowWriteSchema())
@@ -464,9 +473,11 @@ async def get_show(request: web.Request) -> web.Response:
     security=SECURITY,
     responses={409: {"description": "a booked seat would no longer exist"}},
 )
+@idempotency_header
 @request_schema(ShowPatchSchema)
 @response_schema(AdminShowSchema, 200)
 @routes.patch(r"/api/admin/shows/{id}/")
+@idempotent(require_admin)
 async def patch_show(request: web.Request) -> web.Response:
     await require_admin(request)
     show_id = path_id(request)
@@ -535,7 +546,9 @@ async def patch_show(request: web.Request) -> web.Response:
     security=SECURITY,
     responses={204: {"description": "deleted"}, 409: {"description": "it has bookings"}},
 )
+@idempotency_header
 @routes.delete(r"/api/admin/shows/{id}/")
+@idempotent(require_admin)
 async def delete_show(request: web.Request) -> web.Response:
     await require_admin(request)
     show_id = path_id(request)
@@ -603,8 +616,10 @@ async def list_bookings(request: web.Request) -> web.Response:
     summary="Cancel anyone's booking (idempotent, also after the show started)",
     security=SECURITY,
 )
+@idempotency_header
 @response_schema(BookingSchema, 200)
 @routes.post(r"/api/admin/bookings/{id}/cancel/")
+@idempotent(require_admin)
 async def admin_cancel(request: web.Request) -> web.Response:
     principal = await require_admin(request)
     return await cancel_response(request, principal.user_id, as_admin=True)
@@ -627,9 +642,11 @@ async def list_users(request: web.Request) -> web.Response:
     summary="Activate or deactivate a user; grant or revoke admin",
     security=SECURITY,
 )
+@idempotency_header
 @request_schema(UserPatchSchema)
 @response_schema(UserAdminSchema, 200)
 @routes.patch(r"/api/admin/users/{id}/")
+@idempotent(require_admin)
 async def patch_user(request: web.Request) -> web.Response:
     await require_admin(request)
     user_id = path_id(request)

@@ -14,6 +14,7 @@ from engine import appkeys, keys
 from engine.auth import require_user
 from engine.catalog import SHOW_COLUMNS, ShowSchema, page_of, shows_json
 from engine.errors import Forbidden, InvalidInput, NotFound, Unavailable
+from engine.idempotency import idempotency_header, idempotent
 from engine.jsonutil import dumps, json_response, raw_json_response
 from engine.persistence import PersistScheduler, mark_changed
 from engine.seats import BookingRecord, SeatEngine, normalise_seat, now_us
@@ -236,9 +237,11 @@ routes = web.RouteTableDef()
         409: {"description": "seat taken, show full or started"},
     },
 )
+@idempotency_header
 @request_schema(BookRequestSchema)
 @response_schema(BookingSchema, 201)
 @routes.post(r"/api/shows/{id}/book/")
+@idempotent(require_user)
 async def book_view(request: web.Request) -> web.Response:
     principal = require_user(request)
     show_id = path_id(request)
@@ -276,8 +279,10 @@ async def book_view(request: web.Request) -> web.Response:
         409: {"description": "show started"},
     },
 )
+@idempotency_header
 @response_schema(BookingSchema, 200)
 @routes.post(r"/api/bookings/{id}/cancel/")
+@idempotent(require_user)
 async def cancel_view(request: web.Request) -> web.Response:
     return await cancel_response(request, require_user(request).user_id, as_admin=False)
 

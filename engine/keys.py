@@ -49,5 +49,11 @@ def booking_show(booking_id: int) -> str:
     return f"booking:{booking_id}:show"
 
 
+def idempotency(user_id: int, key: str) -> str:
+    """A client's Idempotency-Key, scoped to its user: the running request's marker, then the
+    answer to replay. The user id is the hash tag, so a key with braces in it changes nothing."""
+    return f"idempotency:{{{user_id}}}:{key}"
+
+
 # Recent-booking index entries outlive any sane persistence lag; they are deleted on persist.
 RECENT_TTL_S = 7 * 24 * 3600

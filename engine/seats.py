@@ -32,6 +32,13 @@ SCRIPT_NAMES = (
     "ack_persisted",
     "allocate_ids",
     "probe",
+    "adopt_booking",
+    "repend_booking",
+    "forget_booking",
+    "free_stale_seat",
+    "add_seat",
+    "claim_request",
+    "settle_request",
 )
 ID_BLOCK = 64
 MAX_SEAT_LABEL = 16
@@ -53,6 +60,14 @@ class Scripts:
         self.ack_persisted = self.by_name["ack_persisted"]
         self.allocate_ids = self.by_name["allocate_ids"]
         self.probe = self.by_name["probe"]
+        # The reconciler's repairs (engine/reconcile.py).
+        self.adopt_booking = self.by_name["adopt_booking"]
+        self.repend_booking = self.by_name["repend_booking"]
+        self.forget_booking = self.by_name["forget_booking"]
+        self.free_stale_seat = self.by_name["free_stale_seat"]
+        self.add_seat = self.by_name["add_seat"]
+        self.claim_request = self.by_name["claim_request"]
+        self.settle_request = self.by_name["settle_request"]
 
     async def preload(self, redis: Redis) -> None:
         """Load every script into Redis' cache at start-up (fails fast if Redis is away)."""

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import asyncpg
 import redis.exceptions
 from arq import Retry
 
+from engine import reconcile as reconciler
 from engine.persistence import mark_unpersisted, persist_dirty
 
 log = logging.getLogger("worker")
@@ -42,8 +44,38 @@ async def persist_pending(ctx: dict[str, Any]) -> int:
     return result.records
 
 
+# The cron's look for lost persistence compares every loaded show with PostgreSQL, so it runs
+# at most this often, and only repairs records at least LOST_AFTER_S old (a pending record
+# exists from a claim until its commit, so younger ones are in flight, not lost, anyway).
+LOST_CHECK_EVERY_S = 30.0
+LOST_AFTER_S = 5.0
+
+
+async def repair_lost(ctx: dict[str, Any]) -> list[str]:
+    """Re-pend records Redis has, PostgreSQL lacks and no pending record carries (kind a)."""
+    last = ctx.get("lost_checked_at")
+    if last is not None and time.monotonic() - last < LOST_CHECK_EVERY_S:
+        return []
+    ctx["lost_checked_at"] = time.monotonic()
+    report, repaired = await reconciler.reconcile(
+        ctx["redis"],
+        ctx["pg_pool"],
+        ctx["scripts"],
+        kinds={reconciler.UNPERSISTED},
+        older_than_s=LOST_AFTER_S,
+    )
+    for line in repaired:
+        log.warning("reconciler repaired %s", line)
+    return repaired
+
+
 async def reconcile(ctx: dict[str, Any]) -> int:
-    """Cron: mark shows whose pending records no job carries, then persist them."""
+    """Cron: re-pend lost records (now and then), mark shows whose pending records no job
+    carries, then persist them."""
+    try:
+        await repair_lost(ctx)
+    except TRANSIENT as exc:  # next time; persisting what is pending matters more
+        log.warning("reconciler could not compare Redis with PostgreSQL: %r", exc)
     behind = await mark_unpersisted(ctx["redis"])
     if behind:
         log.info("reconciler found pending records in %s shows", len(behind))

@@ -51,15 +51,16 @@ async def book(
     show_id: int,
     user_id: int,
     seat: str,
-) -> bytes:
-    """Claim a seat; the answer is only sent once the claim is recorded for persistence."""
+) -> tuple[int, bytes]:
+    """Claim a seat; (booking id, answer), only once the claim is recorded for persistence."""
     at = now_us()
     booking_ids, available, show_prefix = await seats.claim(show_id, user_id, [seat], at)
     async with redis.pipeline(transaction=False) as pipe:
         mark_changed(pipe, show_id, user_id, booking_ids, at, "booked")
         await pipe.execute()
     persist.schedule()
-    return booking_json(booking_ids[0], show_json(show_prefix, available), seat, "booked", at)
+    body = booking_json(booking_ids[0], show_json(show_prefix, available), seat, "booked", at)
+    return booking_ids[0], body
 
 
 async def locate(
@@ -257,7 +258,7 @@ async def book_view(request: web.Request) -> web.Response:
         if not await show_exists(app[appkeys.PG_POOL], show_id):
             raise NotFound("Show not found.") from None
         raise
-    body = await book(
+    booking_id, body = await book(
         app[appkeys.SEATS],
         app[appkeys.REDIS],
         app[appkeys.PERSIST],
@@ -265,6 +266,7 @@ async def book_view(request: web.Request) -> web.Response:
         principal.user_id,
         seat,
     )
+    request[appkeys.BOOKING_ID] = booking_id
     return raw_json_response(body, status=201)
 
 
@@ -290,6 +292,7 @@ async def cancel_view(request: web.Request) -> web.Response:
 async def cancel_response(request: web.Request, actor_id: int, *, as_admin: bool) -> web.Response:
     """The cancel of the booking in the path, by its owner or by an admin."""
     booking_id = path_id(request)
+    request[appkeys.BOOKING_ID] = booking_id
     app = request.app
     body = await cancel(
         app[appkeys.SEATS],

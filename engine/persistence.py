@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -113,6 +113,7 @@ class PersistResult:
     shows: int = 0
     records: int = 0
     acked: int = 0
+    booking_ids: list[int] = field(default_factory=list)
 
 
 def _columns(
@@ -208,6 +209,7 @@ async def persist_shows(
     for _, _, records in written:
         result.shows += 1
         result.records += len(records)
+        result.booking_ids += [r.booking_id for r in records]
         result.acked += int(replies[position])
         position += 1 + 2 * len(records)
     return result
@@ -229,6 +231,7 @@ async def persist_dirty(redis: ArqRedis, pool: asyncpg.Pool, scripts: Scripts) -
             raise
         total.shows += done.shows
         total.records += done.records
+        total.booking_ids += done.booking_ids
         total.acked += done.acked
         if len(popped) < SHOWS_PER_JOB:
             return total

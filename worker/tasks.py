@@ -40,7 +40,12 @@ async def persist_pending(ctx: dict[str, Any]) -> int:
         log.warning("persist failed (try %s), retrying in %ss: %r", tries, delay, exc)
         raise Retry(defer=delay) from exc
     if result.records:
-        log.info("persisted %s records of %s shows", result.records, result.shows)
+        log.info(
+            "persisted %s records of %s shows",
+            result.records,
+            result.shows,
+            extra={"job_id": ctx.get("job_id"), "booking_ids": result.booking_ids},
+        )
     return result.records
 
 

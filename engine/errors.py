@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
@@ -78,9 +79,13 @@ DEPENDENCY_ERRORS: tuple[type[BaseException], ...] = (
     redis.exceptions.ConnectionError,
     redis.exceptions.TimeoutError,
     asyncpg.PostgresConnectionError,
+    # A connection that dies inside a transaction surfaces as "the connection is closed".
+    asyncpg.InterfaceError,
     asyncpg.OperatorInterventionError,
     asyncpg.InsufficientResourcesError,
 )
+
+REQUEST_DEADLINE_S = 8.0
 
 _HTTP_DETAILS = {
     404: "Not found.",
@@ -122,7 +127,10 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
 
 async def _respond(request: web.Request, handler: Handler, request_id: str) -> web.StreamResponse:
     try:
-        response = await handler(request)
+        # A dependency that stops answering is a 503 within this deadline, however many requests
+        # queue for its connections; never a request that hangs.
+        async with asyncio.timeout(REQUEST_DEADLINE_S):
+            response = await handler(request)
     except DomainError as exc:
         response = json_response(error_body(exc.detail, exc.errors), status=exc.status)
         if isinstance(exc, Unavailable):

@@ -287,6 +287,7 @@ async def test_a_job_whose_postgresql_connection_dies_is_retried(
             killed = await conn.fetchval(
                 "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
                 " WHERE wait_event_type = 'Lock' AND pid <> pg_backend_pid()"
+                " AND datname = current_database()"
             )
             assert killed == 1
             with pytest.raises(Retry):

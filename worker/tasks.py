@@ -49,15 +49,16 @@ async def persist_pending(ctx: dict[str, Any]) -> int:
     return result.records
 
 
-# The cron's look for lost persistence compares every loaded show with PostgreSQL, so it runs
-# at most this often, and only repairs records at least LOST_AFTER_S old (a pending record
-# exists from a claim until its commit, so younger ones are in flight, not lost, anyway).
+# The cron's comparison of every loaded show with PostgreSQL runs at most this often, and only
+# repairs differences about bookings at least LOST_AFTER_S old (younger ones may be in flight).
 LOST_CHECK_EVERY_S = 30.0
 LOST_AFTER_S = 5.0
 
 
 async def repair_lost(ctx: dict[str, Any]) -> list[str]:
-    """Re-pend records Redis has, PostgreSQL lacks and no pending record carries (kind a)."""
+    """Repair every difference between Redis and PostgreSQL: lost records are pended again,
+    and where PostgreSQL changed behind Redis' back (a commit racing Redis being emptied),
+    Redis follows PostgreSQL."""
     last = ctx.get("lost_checked_at")
     if last is not None and time.monotonic() - last < LOST_CHECK_EVERY_S:
         return []
@@ -66,7 +67,6 @@ async def repair_lost(ctx: dict[str, Any]) -> list[str]:
         ctx["redis"],
         ctx["pg_pool"],
         ctx["scripts"],
-        kinds={reconciler.UNPERSISTED},
         older_than_s=LOST_AFTER_S,
     )
     for line in repaired:

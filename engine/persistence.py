@@ -270,3 +270,25 @@ async def pending_bookings(redis: ArqRedis) -> tuple[int, int | None]:
             if status == "b" and (oldest is None or int(created) < oldest):
                 oldest = int(created)
     return count, oldest
+
+
+# A show is forgotten by Redis this long after it started (and once nothing is pending).
+UNLOAD_AFTER_S = 24 * 3600
+
+
+async def unload_finished_shows(
+    redis: ArqRedis, scripts: Scripts, *, started_before_us: int
+) -> list[int]:
+    """Forget the Redis state of shows that started before the cutoff and have nothing pending,
+    so that Redis holds the shows on sale, not every show ever sold."""
+    unloaded = []
+    for show_id in sorted(int(s) for s in await redis.smembers(keys.LOADED_SHOWS)):
+        outcome = await scripts.unload_show(keys=keys.show_keys(show_id), args=[started_before_us])
+        if outcome in (b"ok", b"missing"):
+            await redis.srem(keys.LOADED_SHOWS, show_id)
+            # A request may have loaded it again in between: keep it listed then.
+            if await redis.exists(keys.show_keys(show_id)[0]):
+                await redis.sadd(keys.LOADED_SHOWS, show_id)
+            elif outcome == b"ok":
+                unloaded.append(show_id)
+    return unloaded

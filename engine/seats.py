@@ -39,6 +39,7 @@ SCRIPT_NAMES = (
     "add_seat",
     "claim_request",
     "settle_request",
+    "unload_show",
 )
 ID_BLOCK = 64
 MAX_SEAT_LABEL = 16
@@ -68,6 +69,7 @@ class Scripts:
         self.add_seat = self.by_name["add_seat"]
         self.claim_request = self.by_name["claim_request"]
         self.settle_request = self.by_name["settle_request"]
+        self.unload_show = self.by_name["unload_show"]
 
     async def preload(self, redis: Redis) -> None:
         """Load every script into Redis' cache at start-up (fails fast if Redis is away)."""

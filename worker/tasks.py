@@ -11,7 +11,13 @@ import redis.exceptions
 from arq import Retry
 
 from engine import reconcile as reconciler
-from engine.persistence import mark_unpersisted, persist_dirty
+from engine.persistence import (
+    UNLOAD_AFTER_S,
+    mark_unpersisted,
+    persist_dirty,
+    unload_finished_shows,
+)
+from engine.seats import now_us
 
 log = logging.getLogger("worker")
 
@@ -74,11 +80,25 @@ async def repair_lost(ctx: dict[str, Any]) -> list[str]:
     return repaired
 
 
+async def unload_finished(ctx: dict[str, Any]) -> list[int]:
+    """Forget shows that started over a day ago (at most every LOST_CHECK_EVERY_S)."""
+    last = ctx.get("unloaded_at")
+    if last is not None and time.monotonic() - last < LOST_CHECK_EVERY_S:
+        return []
+    ctx["unloaded_at"] = time.monotonic()
+    cutoff = now_us() - UNLOAD_AFTER_S * 1_000_000
+    unloaded = await unload_finished_shows(ctx["redis"], ctx["scripts"], started_before_us=cutoff)
+    if unloaded:
+        log.info("forgot %s finished shows in Redis", len(unloaded), extra={"shows": unloaded})
+    return unloaded
+
+
 async def reconcile(ctx: dict[str, Any]) -> int:
     """Cron: re-pend lost records (now and then), mark shows whose pending records no job
     carries, then persist them."""
     try:
         await repair_lost(ctx)
+        await unload_finished(ctx)
     except TRANSIENT as exc:  # next time; persisting what is pending matters more
         log.warning("reconciler could not compare Redis with PostgreSQL: %r", exc)
     behind = await mark_unpersisted(ctx["redis"])

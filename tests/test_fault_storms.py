@@ -137,6 +137,23 @@ async def test_worker_killed_mid_storm_persists_every_booking_exactly_once(
     assert answers(storm) <= CLEAN, storm.summary()  # the API never noticed
 
 
+async def storm_on_two_apis(
+    cluster: Cluster, pg: asyncpg.Pool, redis: Any, name: str, seed: int
+) -> tuple[Any, Any, Any, dict[int, int], list[str], Storm, asyncio.Task[Storm]]:
+    """Two API processes and a worker, and a storm against both that has run for 1.5 s."""
+    api_a = await cluster.start_api()
+    api_b = await cluster.start_api()
+    worker = await cluster.start_worker()
+    await wait_worker(redis, worker)
+    tokens = await signup_users(api_a.url, 10, name)
+    shows = await catalog(pg, name.capitalize())
+    targets = [api_a.url, api_b.url]
+    storm = Storm(tokens, shows, targets, seed=seed)
+    task = asyncio.create_task(storm.run(STORM_S))
+    await asyncio.sleep(1.5)
+    return api_a, api_b, worker, shows, targets, storm, task
+
+
 # --- 2. An API process killed (SIGKILL) mid-storm; the storm goes on against another --------
 
 
@@ -144,16 +161,9 @@ async def test_worker_killed_mid_storm_persists_every_booking_exactly_once(
 async def test_api_killed_mid_storm_leaves_no_orphan_claim(
     cluster: Cluster, pg: asyncpg.Pool, redis: Any
 ) -> None:
-    api_a = await cluster.start_api()
-    api_b = await cluster.start_api()
-    worker = await cluster.start_worker()
-    await wait_worker(redis, worker)
-    tokens = await signup_users(api_a.url, 10, "api")
-    shows = await catalog(pg, "Api")
-    targets = [api_a.url, api_b.url]
-    storm = Storm(tokens, shows, targets, seed=2)
-    task = asyncio.create_task(storm.run(STORM_S))
-    await asyncio.sleep(1.5)
+    api_a, api_b, worker, shows, targets, storm, task = await storm_on_two_apis(
+        cluster, pg, redis, "api", seed=2
+    )
     killed = time.monotonic()
     api_a.signal(signal.SIGKILL)
     targets.remove(api_a.url)  # the load balancer drops it
@@ -481,16 +491,9 @@ async def test_redis_emptied_while_the_worker_persists_a_cancel_frees_the_seat(
 async def test_sigterm_api_and_worker_mid_storm_lose_nothing(
     cluster: Cluster, pg: asyncpg.Pool, redis: Any
 ) -> None:
-    api_a = await cluster.start_api()
-    api_b = await cluster.start_api()
-    worker = await cluster.start_worker()
-    await wait_worker(redis, worker)
-    tokens = await signup_users(api_a.url, 10, "term")
-    shows = await catalog(pg, "Term")
-    targets = [api_a.url, api_b.url]
-    storm = Storm(tokens, shows, targets, seed=7)
-    task = asyncio.create_task(storm.run(STORM_S))
-    await asyncio.sleep(1.5)
+    api_a, api_b, worker, shows, targets, storm, task = await storm_on_two_apis(
+        cluster, pg, redis, "term", seed=7
+    )
     api_a.signal(signal.SIGTERM)
     termed = time.monotonic()
     api_code = await api_a.wait(15)

@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-fast lint typecheck install clean stop-embedded
+.PHONY: run test test-fast lint typecheck install clean stop-embedded bench
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,10 @@ lint: $(STAMP)
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy engine worker
+
+# Flash and spread against the bare claim ceiling and our engine (data under .data-bench).
+bench: $(STAMP)
+	$(PY) -m engine bench
 
 # Stops the servers of `make run` (.data) and of `make test` (.data-test).
 stop-embedded: $(STAMP)

@@ -1,5 +1,5 @@
 """Command line: serve, worker, migrate, createsuperuser, run (everything), demo, check,
-reconcile."""
+reconcile, loadtest, bench."""
 
 from __future__ import annotations
 
@@ -218,6 +218,43 @@ def cmd_stop_embedded(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_loadtest(settings: Settings, args: argparse.Namespace) -> int:
+    """Drive a server that speaks the contract; print figures, verify, exit 1 if broken."""
+    from engine.loadtest import Config, run
+
+    if (args.requests is None) == (args.duration is None):
+        print("error: give exactly one of --requests and --duration", file=sys.stderr)
+        return 2
+    config = Config(
+        url=args.url,
+        scenario=args.scenario,
+        requests=args.requests,
+        duration=args.duration,
+        concurrency=args.concurrency,
+        users=args.users,
+        seed=args.seed,
+        admin_user=args.admin_user,
+        admin_password=args.admin_password,
+        shows=args.show or [],
+        own_shows=args.own_shows,
+        seats=args.seats,
+        show_count=args.shows,
+        auth_url=args.auth_url,
+        database_url=args.database_url,
+        json_path=args.json,
+    )
+    _use_uvloop()
+    code, _ = asyncio.run(run(config))
+    return code
+
+
+def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
+    """The ceiling (bare claim handler) and our engine, flash and spread, side by side."""
+    from engine.bench import bench
+
+    return bench(args)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m engine")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -234,11 +271,41 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub.add_parser("check", help="list differences between Redis and PostgreSQL (exit 1 if any)")
     sub.add_parser("reconcile", help="repair differences between Redis and PostgreSQL")
     sub.add_parser("stop-embedded", help="stop the embedded PostgreSQL and Redis servers")
+    lt = sub.add_parser("loadtest", help="load-test a server that speaks the contract")
+    lt.add_argument("--url", required=True, help="base URL, e.g. http://127.0.0.1:8000")
+    lt.add_argument("--scenario", choices=("flash", "spread", "mixed", "login"), default="flash")
+    lt.add_argument("--requests", type=int, help="request budget")
+    lt.add_argument("--duration", type=float, help="seconds to run (instead of --requests)")
+    lt.add_argument("--concurrency", type=int, default=50, help="connections and workers")
+    lt.add_argument("--users", type=int, default=50, help="users signed up before the run")
+    lt.add_argument("--seed", type=int, default=1, help="seeds the random choices")
+    lt.add_argument("--admin-user", help="admin to create the run's catalog with")
+    lt.add_argument("--admin-password")
+    lt.add_argument("--show", type=int, action="append", help="use this existing show (repeat)")
+    lt.add_argument(
+        "--own-shows",
+        action="store_true",
+        help="the --show shows are used by this run only: check their available_seats too",
+    )
+    lt.add_argument("--seats", type=int, help="seats per created show (flash 1000, spread 200)")
+    lt.add_argument("--shows", type=int, help="shows to create (flash 1, spread 50, mixed 10)")
+    lt.add_argument("--auth-url", help="where to sign up and log in users (default --url)")
+    lt.add_argument("--database-url", help="also verify the bookings in this PostgreSQL")
+    lt.add_argument("--json", help="write every figure to this file")
+    bn = sub.add_parser("bench", help="flash and spread: the bare claim ceiling vs our engine")
+    bn.add_argument("--flash-requests", type=int, default=10000)
+    bn.add_argument("--flash-seats", type=int, default=1000)
+    bn.add_argument("--spread-requests", type=int, default=5000)
+    bn.add_argument("--concurrency", type=int, default=50)
+    bn.add_argument("--users", type=int, default=50)
+    bn.add_argument("--json", help="write every figure to this file")
     args = parser.parse_args(argv)
 
     _setup_logging((os.environ.get("LOG_LEVEL") or "INFO").upper())
     try:
-        settings = load_settings(start_embedded=args.command != "stop-embedded")
+        settings = load_settings(
+            start_embedded=args.command not in ("stop-embedded", "loadtest", "bench")
+        )
     except SettingsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -16,7 +16,6 @@ from engine.booking import SELECT_SHOWS, BookingPageSchema, BookingSchema, cance
 from engine.catalog import (
     SELECT_MOVIE,
     SELECT_SHOW,
-    SHOW_COLUMNS,
     MoviePageSchema,
     MovieSchema,
     ShowSchema,
@@ -27,7 +26,7 @@ from engine.errors import Conflict, InvalidInput, NotFound
 from engine.idempotency import idempotency_header, idempotent
 from engine.jsonutil import json_response
 from engine.seats import SeatEngine, seat_labels
-from engine.shapes import movie_dict, show_json_prefix, to_us
+from engine.shapes import SHOW_COLUMNS, SHOWS_WITH_MOVIES, movie_dict, show_json_prefix, to_us
 from engine.validation import (
     AwareDateTime,
     Page,
@@ -137,7 +136,7 @@ WHERE id = $1 RETURNING id, title, duration_minutes
 """
 SELECT_MOVIE_SHOW_IDS = "SELECT id FROM shows WHERE movie_id = $1 ORDER BY id"
 SELECT_MOVIE_SHOWS_FULL = f"""
-SELECT {SHOW_COLUMNS} FROM shows s JOIN movies m ON m.id = s.movie_id
+SELECT {SHOW_COLUMNS} FROM {SHOWS_WITH_MOVIES}
 WHERE s.movie_id = $1 ORDER BY s.id
 """
 MOVIE_HAS_BOOKINGS = """
@@ -148,10 +147,8 @@ LOCK_MOVIE_SHARED = "SELECT id, title, duration_minutes FROM movies WHERE id = $
 DELETE_MOVIE = "DELETE FROM movies WHERE id = $1"
 
 COUNT_SHOWS = "SELECT count(*) FROM shows WHERE ($1::bigint IS NULL OR movie_id = $1)"
-SELECT_SHOWS_PAGE = """
-SELECT s.id, s.movie_id, m.title, m.duration_minutes, s.screen_name, s.date_time, s.total_seats,
-       s.seat_rows, s.seats_per_row
-FROM shows s JOIN movies m ON m.id = s.movie_id
+SELECT_SHOWS_PAGE = f"""
+SELECT {SHOW_COLUMNS} FROM {SHOWS_WITH_MOVIES}
 WHERE ($1::bigint IS NULL OR s.movie_id = $1)
 ORDER BY s.date_time, s.id LIMIT $2 OFFSET $3
 """

@@ -12,13 +12,20 @@ from marshmallow import Schema, fields
 
 from engine import appkeys, keys
 from engine.auth import require_user
-from engine.catalog import SHOW_COLUMNS, ShowSchema, page_of, shows_json
+from engine.catalog import ShowSchema, page_of, shows_json
 from engine.errors import Forbidden, InvalidInput, NotFound, Unavailable
 from engine.idempotency import idempotency_header, idempotent
 from engine.jsonutil import dumps, json_response, raw_json_response
 from engine.persistence import PersistScheduler, mark_changed
 from engine.seats import BookingRecord, SeatEngine, normalise_seat, now_us
-from engine.shapes import booking_json, iso_from_us, show_json, to_us
+from engine.shapes import (
+    SHOW_COLUMNS,
+    SHOWS_WITH_MOVIES,
+    booking_json,
+    iso_from_us,
+    show_json,
+    to_us,
+)
 from engine.validation import Page, path_id, read_json
 
 SELECT_BOOKING = """
@@ -33,7 +40,7 @@ WHERE user_id = $1 AND NOT (id = ANY($2::bigint[]))
 ORDER BY created_at DESC, id DESC LIMIT $3
 """
 SELECT_SHOWS = f"""
-SELECT {SHOW_COLUMNS} FROM shows s JOIN movies m ON m.id = s.movie_id WHERE s.id = ANY($1::bigint[])
+SELECT {SHOW_COLUMNS} FROM {SHOWS_WITH_MOVIES} WHERE s.id = ANY($1::bigint[])
 """
 SELECT_SHOW_EXISTS = "SELECT 1 FROM shows WHERE id = $1"
 

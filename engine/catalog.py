@@ -15,16 +15,10 @@ from engine import appkeys
 from engine.errors import InvalidInput, NotFound
 from engine.jsonutil import json_response
 from engine.seats import SeatEngine
-from engine.shapes import movie_dict, show_dict
+from engine.shapes import SHOW_COLUMNS, SHOWS_WITH_MOVIES, movie_dict, show_dict
 from engine.validation import Page, parse_aware_datetime, path_id
 
-SHOW_COLUMNS = """
-s.id, s.movie_id, m.title, m.duration_minutes, s.screen_name, s.date_time, s.total_seats,
-s.seat_rows, s.seats_per_row
-"""
-SELECT_SHOW = (
-    f"SELECT {SHOW_COLUMNS} FROM shows s JOIN movies m ON m.id = s.movie_id WHERE s.id = $1"
-)
+SELECT_SHOW = f"SELECT {SHOW_COLUMNS} FROM {SHOWS_WITH_MOVIES} WHERE s.id = $1"
 COUNT_MOVIES = "SELECT count(*) FROM movies"
 SELECT_MOVIES = """
 SELECT id, title, duration_minutes FROM movies ORDER BY title, id LIMIT $1 OFFSET $2
@@ -32,7 +26,7 @@ SELECT id, title, duration_minutes FROM movies ORDER BY title, id LIMIT $1 OFFSE
 SELECT_MOVIE = "SELECT id, title, duration_minutes FROM movies WHERE id = $1"
 COUNT_MOVIE_SHOWS = "SELECT count(*) FROM shows WHERE movie_id = $1 AND date_time >= $2"
 SELECT_MOVIE_SHOWS = f"""
-SELECT {SHOW_COLUMNS} FROM shows s JOIN movies m ON m.id = s.movie_id
+SELECT {SHOW_COLUMNS} FROM {SHOWS_WITH_MOVIES}
 WHERE s.movie_id = $1 AND s.date_time >= $2
 ORDER BY s.date_time, s.id LIMIT $3 OFFSET $4
 """

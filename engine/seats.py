@@ -20,7 +20,7 @@ from redis.commands.core import AsyncScript
 
 from engine import keys
 from engine.errors import Conflict, Forbidden, InvalidInput, NotFound
-from engine.shapes import show_json_prefix, to_us
+from engine.shapes import SHOW_COLUMNS, SHOWS_WITH_MOVIES, show_json_prefix, to_us
 
 LUA_DIR = Path(__file__).resolve().parent.parent / "lua"
 SCRIPT_NAMES = (
@@ -161,12 +161,8 @@ class IdAllocator:
 # Share-locked until the show is written to Redis: an admin change of the show or its movie
 # (which locks the row, then reshapes the show in Redis if loaded) either waits for this load
 # and then finds the show loaded, or commits first and is what this load reads.
-SELECT_SHOW_FOR_LOAD = """
-SELECT s.id, s.movie_id, m.title, m.duration_minutes, s.screen_name, s.date_time,
-       s.total_seats, s.seat_rows, s.seats_per_row
-FROM shows s JOIN movies m ON m.id = s.movie_id
-WHERE s.id = $1
-FOR SHARE OF s, m
+SELECT_SHOW_FOR_LOAD = f"""
+SELECT {SHOW_COLUMNS} FROM {SHOWS_WITH_MOVIES} WHERE s.id = $1 FOR SHARE OF s, m
 """
 SELECT_BOOKED_FOR_LOAD = """
 SELECT id, user_id, seat_number, created_at FROM bookings

@@ -32,6 +32,14 @@ def iso_from_us(us: int) -> str:
     return from_us(us).isoformat().replace("+00:00", "Z")
 
 
+# The columns show_dict() reads: a show joined with its movie (SELECT {SHOW_COLUMNS} FROM ...).
+SHOW_COLUMNS = """
+s.id, s.movie_id, m.title, m.duration_minutes, s.screen_name, s.date_time, s.total_seats,
+s.seat_rows, s.seats_per_row
+"""
+SHOWS_WITH_MOVIES = "shows s JOIN movies m ON m.id = s.movie_id"
+
+
 def movie_dict(row: asyncpg.Record | dict[str, Any]) -> dict[str, Any]:
     return {"id": row["id"], "title": row["title"], "duration_minutes": row["duration_minutes"]}
 

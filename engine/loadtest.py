@@ -1,10 +1,17 @@
 """The load-test harness: `python -m engine loadtest`.
 
-Drives any server that speaks the contract (../shared/CONTRACT.md) by base URL. Users are signed
-up and logged in before the clock starts; the catalog is created through the admin API
-(--admin-user/--admin-password) or given (--show). One aiohttp ClientSession with a keep-alive
-connection pool of --concurrency connections, and --concurrency worker coroutines pulling from
-one request budget (--requests) or running until a deadline (--duration).
+Drives any server that speaks the contract (../shared/CONTRACT.md) by base URL (http:// only).
+Users are signed up and logged in before the clock starts; the catalog is created through the
+admin API (--admin-user/--admin-password) or given (--show). Setup and verification use aiohttp;
+the measured part uses a lean HTTP/1.1 client on asyncio transports (`Connection`): each of the
+--concurrency worker coroutines owns one keep-alive connection and pulls from one request budget
+(--requests) or runs until a deadline (--duration). Every request is recorded in flat arrays
+(completion time, latency, kind, status: 19 bytes a request), so a million-request run fits in
+a few tens of MB.
+
+Before the clock, the client's own ceiling is measured against a trivial HTTP responder in a
+separate process (`python -m engine.loadtest --trivial-server PORT`), so the figures say whether
+the run was limited by the client rather than by the server.
 
 After the run it verifies, through the API (and PostgreSQL with --database-url), that no seat was
 sold twice and that the counts agree; a broken invariant prints the problems and exits 1.
@@ -12,25 +19,45 @@ sold twice and that the counts agree; a broken invariant prints the problems and
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import importlib.util
 import json
+import math
 import os
 import random
+import signal
 import sys
 import time
+from array import array
+from bisect import bisect_left
 from collections import Counter, defaultdict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, NamedTuple, TextIO, cast
+from urllib.parse import urlsplit
 
 import aiohttp
+import orjson
+
+from engine.jsonutil import dumps
 
 PASSWORD_PREFIX = "lt-pass-"
 SCENARIOS = ("flash", "spread", "mixed", "login")
 DEFAULT_SEATS = {"flash": 1000, "spread": 200, "mixed": 200, "login": 0}
 DEFAULT_SHOWS = {"flash": 1, "spread": 50, "mixed": 10, "login": 0}
+# The run may be limited by the client when it used this share of a core, or reached this share
+# of the rate the same client reaches against a trivial endpoint.
 CLIENT_CPU_WARNING = 0.8
+CLIENT_CEILING_WARNING = 0.7
+REQUEST_TIMEOUT_S = 30.0
+PLOT_MISSING = "error: --plot needs matplotlib: pip install 'booking-engine[plot]'"
+
+# Request kinds, stored as their index in the per-request `kind` array.
+KINDS = ("book", "login", "browse", "cancel")
+BOOK, LOGIN, BROWSE, CANCEL = range(len(KINDS))
 
 
 @dataclass
@@ -54,6 +81,339 @@ class Config:
     progress: bool = True
     lag_deadline_s: float = 30.0
     out: TextIO | None = None
+    plot_path: str | None = None
+    # Measure the client's own ceiling (a separate trivial server process) before the clock.
+    client_ceiling: bool = True
+    ceiling_seconds: float = 2.0
+    # Called with "start" and "stop" around the measured part, then "drained" once PostgreSQL
+    # holds every 201 (make bench reads the processes' CPU time there).
+    on_clock: Callable[[str], None] | None = None
+
+
+# --- the lean HTTP/1.1 client ------------------------------------------------------------------
+
+
+class BadResponse(Exception):
+    """The server's answer is not HTTP/1.x this client can read."""
+
+
+MAX_HEAD = 64 * 1024
+_JSON_BODY_HEAD = b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n"
+IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE"})
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    host: str
+    port: int
+    prefix: bytes  # the base URL's path, without the trailing slash
+    host_line: bytes  # b"Host: ...\r\n"
+
+
+def parse_endpoint(url: str) -> Endpoint:
+    """An http:// base URL; ValueError for anything else (https is not supported)."""
+    parts = urlsplit(url)
+    if parts.scheme != "http":
+        raise ValueError(f"{url!r}: only http:// URLs are supported (no https)")
+    if not parts.hostname:
+        raise ValueError(f"{url!r}: no host")
+    netloc = parts.netloc.rpartition("@")[2]
+    return Endpoint(
+        host=parts.hostname,
+        port=parts.port or 80,
+        prefix=parts.path.rstrip("/").encode(),
+        host_line=b"Host: " + netloc.encode("idna") + b"\r\n",
+    )
+
+
+def _header(head: bytes, name: bytes) -> bytes | None:
+    """The value of header `name` in a lower-cased response head (first occurrence)."""
+    i = head.find(b"\r\n" + name + b":")
+    if i < 0:
+        return None
+    start = i + len(name) + 3
+    end = head.find(b"\r\n", start)
+    return head[start : end if end >= 0 else len(head)].strip()
+
+
+class _ResponseReader(asyncio.Protocol):
+    """Reads the answer to one request at a time off a keep-alive connection."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.buf = bytearray()
+        self.waiter: asyncio.Future[tuple[int, bytes]] | None = None
+        self.open = True  # False once the server ended the connection or it was lost
+        self.keep_alive = True
+        self.no_body = False  # the request was HEAD
+        self.got_bytes = False  # some of the answer to the current request arrived
+        self._new_response()
+
+    def _new_response(self) -> None:
+        self.status = 0
+        self.length = -1
+        self.chunked = False
+        self.trailers = False
+        self.until_close = False
+        self.body = bytearray()
+
+    def start(self, waiter: asyncio.Future[tuple[int, bytes]], no_body: bool) -> None:
+        self.waiter, self.no_body, self.got_bytes = waiter, no_body, False
+
+    # asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio.Transport subclasses, but have its methods
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        if self.waiter is not None:
+            self.got_bytes = True
+            self._parse(eof=False)
+
+    def eof_received(self) -> bool:
+        self.open = False
+        self._end(None)
+        return False  # close our side too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.open = False
+        self._end(exc)
+
+    def _end(self, exc: Exception | None) -> None:
+        """The connection ended: the answer is complete (its body delimited by the end) or the
+        request failed mid-flight."""
+        if self.waiter is not None and exc is None:
+            self._parse(eof=True)
+        if self.waiter is not None:
+            self._fail(exc or ConnectionResetError("the server closed the connection mid-answer"))
+
+    def time_out(self, seconds: float) -> None:
+        self._fail(TimeoutError(f"no answer within {seconds:g} s"))
+
+    # parsing
+
+    def _fail(self, exc: BaseException) -> None:
+        waiter, self.waiter = self.waiter, None
+        self.open = False
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.abort()
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(exc)
+
+    def _parse(self, eof: bool) -> None:
+        try:
+            body = self._read(eof)
+        except (ValueError, BadResponse) as exc:
+            self._fail(exc if isinstance(exc, BadResponse) else BadResponse(str(exc)))
+            return
+        if body is None:
+            return
+        waiter, status = self.waiter, self.status
+        self.waiter = None
+        self._new_response()
+        if not self.keep_alive:
+            self.open = False
+            if self.transport is not None:
+                self.transport.close()
+        if waiter is not None and not waiter.done():
+            waiter.set_result((status, body))
+
+    def _read(self, eof: bool) -> bytes | None:
+        """The body once the whole answer is in the buffer, else None."""
+        buf = self.buf
+        while self.status == 0:
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                if len(buf) > MAX_HEAD:
+                    raise BadResponse("response head over 64 KiB")
+                return None
+            head = bytes(buf[:end]).lower()  # names are case-insensitive; no value we read isn't
+            del buf[: end + 4]
+            self._read_head(head)
+        if self.chunked:
+            return self._read_chunks()
+        if self.until_close:
+            if not eof:
+                return None
+            body = bytes(buf)
+            buf.clear()
+            return body
+        if len(buf) < self.length:
+            return None
+        body = bytes(buf[: self.length])
+        del buf[: self.length]
+        return body
+
+    def _read_head(self, head: bytes) -> None:
+        line_end = head.find(b"\r\n")
+        first = head if line_end < 0 else head[:line_end]
+        version, _, rest = first.partition(b" ")
+        if not version.startswith(b"http/1."):
+            raise BadResponse(f"not an HTTP/1.x status line: {first[:80]!r}")
+        status = int(rest[:3])
+        if not 100 <= status <= 999:
+            raise BadResponse(f"status {status}")
+        if status < 200:
+            return  # an interim answer (100 Continue): the real one follows
+        connection = _header(head, b"connection")
+        if version == b"http/1.0":
+            self.keep_alive = connection is not None and b"keep-alive" in connection
+        else:
+            self.keep_alive = connection is None or b"close" not in connection
+        self.status = status
+        if self.no_body or status in (204, 304):
+            self.length = 0
+            return
+        encoding = _header(head, b"transfer-encoding")
+        if encoding is not None and b"chunked" in encoding:
+            self.chunked = True
+            return
+        length = _header(head, b"content-length")
+        if length is not None:
+            self.length = int(length)
+            if self.length < 0:
+                raise BadResponse(f"Content-Length {self.length}")
+        else:  # delimited by the end of the connection
+            self.until_close = True
+            self.keep_alive = False
+
+    def _read_chunks(self) -> bytes | None:
+        buf = self.buf
+        while True:
+            nl = buf.find(b"\r\n")
+            if nl < 0:
+                if len(buf) > MAX_HEAD:
+                    raise BadResponse("chunk size line over 64 KiB")
+                return None
+            if self.trailers:  # after the last chunk: trailer lines up to an empty one
+                del buf[: nl + 2]
+                if nl == 0:
+                    return bytes(self.body)
+                continue
+            size = int(bytes(buf[:nl]).split(b";", 1)[0], 16)
+            if size < 0:
+                raise BadResponse(f"chunk size {size}")
+            if size == 0:
+                del buf[: nl + 2]
+                self.trailers = True
+                continue
+            end = nl + 2 + size
+            if len(buf) < end + 2:
+                return None
+            if buf[end : end + 2] != b"\r\n":
+                raise BadResponse("chunk data not followed by CRLF")
+            self.body += buf[nl + 2 : end]
+            del buf[: end + 2]
+
+
+class Connection:
+    """One persistent HTTP/1.1 connection, one request at a time, reconnected when needed.
+
+    A connection the server closed (`Connection: close`, an idle timeout, a body delimited by
+    the close) is replaced before the next request is written. A request that fails once
+    written raises (ConnectionResetError, TimeoutError after REQUEST_TIMEOUT_S, BadResponse,
+    ...), except an idempotent one on a reused connection that got no byte of an answer, which
+    is sent once more on a fresh connection (what browsers and aiohttp do).
+    """
+
+    def __init__(self, endpoint: Endpoint, timeout: float = REQUEST_TIMEOUT_S) -> None:
+        self.endpoint = endpoint
+        self.timeout = timeout
+        self.connects = 0
+        self._reader: _ResponseReader | None = None
+
+    def message(self, method: bytes, path: str, headers: bytes, body: bytes | None) -> bytes:
+        """The request's bytes; `headers` are whole lines (b"Name: value\\r\\n")."""
+        start = b"%s %s HTTP/1.1\r\n%s%s" % (
+            method,
+            self.endpoint.prefix + path.encode(),
+            self.endpoint.host_line,
+            headers,
+        )
+        if body is None and method in (b"GET", b"HEAD"):
+            return start + b"\r\n"
+        body = body or b""
+        return start + _JSON_BODY_HEAD % len(body) + body
+
+    async def request(
+        self, method: bytes, path: str, headers: bytes = b"", body: bytes | None = None
+    ) -> tuple[int, bytes]:
+        """(status, body bytes). `headers` are whole lines: b"Name: value\\r\\n"."""
+        msg = self.message(method, path, headers, body)
+        reader = self._reader
+        reused = reader is not None and reader.open and not reader.buf
+        if reader is None or not reused:
+            reader = await self._connect()
+        try:
+            return await self._exchange(reader, msg, method)
+        except ConnectionError:
+            self.close(abort=True)
+            if not (reused and not reader.got_bytes and method in IDEMPOTENT):
+                raise
+        except BaseException:
+            self.close(abort=True)
+            raise
+        try:
+            return await self._exchange(await self._connect(), msg, method)
+        except BaseException:
+            self.close(abort=True)
+            raise
+
+    async def _connect(self) -> _ResponseReader:
+        self.close(abort=True)
+        loop = asyncio.get_running_loop()
+        _, reader = await asyncio.wait_for(
+            loop.create_connection(_ResponseReader, self.endpoint.host, self.endpoint.port),
+            self.timeout,
+        )
+        self._reader = reader
+        self.connects += 1
+        return reader
+
+    async def _exchange(
+        self, reader: _ResponseReader, msg: bytes, method: bytes
+    ) -> tuple[int, bytes]:
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[tuple[int, bytes]] = loop.create_future()
+        reader.start(waiter, no_body=method == b"HEAD")
+        assert reader.transport is not None
+        reader.transport.write(msg)
+        timer = loop.call_later(self.timeout, reader.time_out, self.timeout)
+        try:
+            return await waiter
+        finally:
+            timer.cancel()
+
+    def close(self, abort: bool = False) -> None:
+        reader, self._reader = self._reader, None
+        if reader is not None and reader.transport is not None:
+            reader.open = False
+            reader.transport.abort() if abort else reader.transport.close()
+
+
+# --- per-request records -------------------------------------------------------------------------
+
+
+class Recorder:
+    """One entry a request, in flat arrays: completion time (s since the start of the clock),
+    latency (s), kind (index in KINDS), status (0: no answer)."""
+
+    def __init__(self) -> None:
+        self.done = array("d")
+        self.latency = array("d")
+        self.kind = array("B")
+        self.status = array("H")
+
+    def __len__(self) -> int:
+        return len(self.latency)
+
+    def add(self, done: float, latency: float, kind: int, status: int) -> None:
+        self.done.append(done)
+        self.latency.append(latency)
+        self.kind.append(kind)
+        self.status.append(status)
 
 
 @dataclass
@@ -63,6 +423,10 @@ class Show:
     labels: list[str]
     owned: bool  # created by this run, or declared as used by this run only (--own-shows)
 
+    @property
+    def book_path(self) -> str:
+        return f"/api/shows/{self.id}/book/"
+
 
 @dataclass
 class User:
@@ -70,18 +434,20 @@ class User:
     name: str
     token: str
     bookings: list[tuple[int, int, str]] = field(default_factory=list)  # (id, show, seat)
+    password: str = ""
+
+    def __post_init__(self) -> None:
+        self.auth = f"Authorization: Bearer {self.token}\r\n".encode()
+        self.login_body = dumps({"username": self.name, "password": self.password})
 
 
 @dataclass
 class Stats:
-    latencies: list[float] = field(default_factory=list)
-    by_kind: Counter[str] = field(default_factory=Counter)
-    statuses: Counter[str] = field(default_factory=Counter)  # "kind status"
-    errors: Counter[str] = field(default_factory=Counter)
+    errors: Counter[str] = field(default_factory=Counter)  # "kind status" or "kind Exception"
     booked: int = 0
     conflicts: int = 0
     cancels: int = 0
-    # booking id -> (show, seat, user id) for every 201, and the ids cancelled with a 200
+    # (booking id, show, seat, user id) for every 201, and the ids cancelled with a 200
     sold: list[tuple[int, int, str, int]] = field(default_factory=list)
     cancelled: set[int] = field(default_factory=set)
     health_latencies: list[float] = field(default_factory=list)
@@ -93,11 +459,48 @@ class SetupError(RuntimeError):
     pass
 
 
-def percentile(sorted_values: list[float], p: float) -> float:
+def percentile(sorted_values: Any, p: float) -> float:
     if not sorted_values:
         return 0.0
     index = min(len(sorted_values) - 1, max(0, int(round(p / 100 * len(sorted_values) + 0.5)) - 1))
-    return sorted_values[index]
+    return float(sorted_values[index])
+
+
+PERCENTILE_BINS = 1 << 16
+
+
+def percentiles(values: Sequence[float], ps: Sequence[float]) -> dict[float, float]:
+    """`percentile(sorted(values), p)` for each p, exactly, without sorting a copy of all the
+    values (a million latencies sorted are 32 MB of float objects): one pass counts them into
+    PERCENTILE_BINS bins, a second keeps only the bins that hold a wanted rank."""
+    n = len(values)
+    if n <= 100_000:
+        ordered = sorted(values)
+        return {p: percentile(ordered, p) for p in ps}
+    lo, hi = min(values), max(values)
+    if hi == lo:
+        return {p: float(lo) for p in ps}
+    scale = (PERCENTILE_BINS - 1) / (hi - lo)
+    counts = Counter(int((v - lo) * scale) for v in values)
+    ranks = sorted((min(n - 1, max(0, int(round(p / 100 * n + 0.5)) - 1)), p) for p in ps)
+    wanted: dict[int, list[tuple[int, float]]] = defaultdict(list)  # bin -> (rank in it, p)
+    below = 0
+    for b in sorted(counts):
+        while ranks and ranks[0][0] < below + counts[b]:
+            rank, p = ranks.pop(0)
+            wanted[b].append((rank - below, p))
+        below += counts[b]
+    members: dict[int, list[float]] = defaultdict(list)
+    for v in values:
+        b = int((v - lo) * scale)
+        if b in wanted:
+            members[b].append(v)
+    found: dict[float, float] = {}
+    for b, asks in wanted.items():
+        ordered = sorted(members[b])
+        for rank, p in asks:
+            found[p] = float(ordered[rank])
+    return found
 
 
 async def _json(resp: aiohttp.ClientResponse) -> Any:
@@ -108,17 +511,41 @@ async def _json(resp: aiohttp.ClientResponse) -> Any:
         return text
 
 
+def _loads(body: bytes) -> Any:
+    try:
+        return orjson.loads(body) if body else None
+    except orjson.JSONDecodeError:
+        return None
+
+
+class _Conns:
+    """A worker's own connections: the API, and the auth service when it is elsewhere."""
+
+    def __init__(self, api: Endpoint, auth: Endpoint) -> None:
+        self.api = Connection(api)
+        self.auth = self.api if auth == api else Connection(auth)
+
+    def close(self) -> None:
+        self.api.close()
+        self.auth.close()
+
+
 class Harness:
     def __init__(self, cfg: Config, session: aiohttp.ClientSession) -> None:
         self.cfg = cfg
         self.session = session
         self.url = cfg.url.rstrip("/")
         self.auth_url = (cfg.auth_url or cfg.url).rstrip("/")
+        self.api_endpoint = parse_endpoint(self.url)
+        self.auth_endpoint = parse_endpoint(self.auth_url)
         self.rng = random.Random(cfg.seed)
         self.users: list[User] = []
         self.shows: list[Show] = []
+        self.shows_by_id: dict[int, Show] = {}
         self.untried: list[tuple[Show, str]] = []
         self.stats = Stats()
+        self.rec = Recorder()
+        self.t0 = 0.0
         self.remaining = cfg.requests
         self.deadline = 0.0
         self.admin_token: str | None = None
@@ -154,7 +581,7 @@ class Harness:
                     {"username": name, "email": f"{name}@example.com", "password": password},
                 )
                 token = await self.login(name, password)
-            return User(int(body["id"]), name, token)
+            return User(int(body["id"]), name, token, password=password)
 
         self.users = list(await asyncio.gather(*(one(i) for i in range(self.cfg.users))))
 
@@ -208,6 +635,7 @@ class Harness:
                 self.shows.append(
                     Show(int(body["id"]), total, [str(i) for i in range(1, total + 1)], True)
                 )
+        self.shows_by_id = {show.id: show for show in self.shows}
         self.untried = [(show, label) for show in self.shows for label in show.labels]
         self.rng.shuffle(self.untried)
 
@@ -222,34 +650,36 @@ class Harness:
         return time.monotonic() < self.deadline
 
     async def request(
-        self, kind: str, method: str, path: str, token: str | None, body: Any = None
-    ) -> tuple[int | None, Any]:
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        url = (self.auth_url if kind == "login" else self.url) + path
+        self,
+        conns: _Conns,
+        kind: int,
+        method: bytes,
+        path: str,
+        headers: bytes = b"",
+        body: bytes | None = None,
+    ) -> tuple[int | None, bytes]:
+        """One measured request on the worker's own connection: (status or None, body)."""
+        conn = conns.auth if kind == LOGIN else conns.api
         started = time.perf_counter()
         status: int | None = None
-        data: Any = None
+        data = b""
         try:
-            async with self.session.request(method, url, json=body, headers=headers) as resp:
-                status = resp.status
-                data = await _json(resp)
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            self.stats.errors[f"{kind} {type(exc).__name__}"] += 1
-        self.stats.latencies.append(time.perf_counter() - started)
-        self.stats.by_kind[kind] += 1
-        if status is not None:
-            self.stats.statuses[f"{kind} {status}"] += 1
+            status, data = await conn.request(method, path, headers, body)
+        except (OSError, BadResponse) as exc:  # TimeoutError and ConnectionError are OSErrors
+            self.stats.errors[f"{KINDS[kind]} {type(exc).__name__}"] += 1
+        now = time.perf_counter()
+        self.rec.add(now - self.t0, now - started, kind, status or 0)
         return status, data
 
-    async def book(self, user: User, show: Show, seat: str) -> None:
+    async def book(self, conns: _Conns, user: User, show: Show, seat: str) -> None:
         status, data = await self.request(
-            "book", "POST", f"/api/shows/{show.id}/book/", user.token, {"seat_number": seat}
+            conns, BOOK, b"POST", show.book_path, user.auth, dumps({"seat_number": seat})
         )
-        if status == 201 and isinstance(data, dict):
+        if status == 201 and isinstance(booking := _loads(data), dict):
             self.stats.booked += 1
-            booking = (int(data["id"]), show.id, str(data.get("seat_number", seat)))
-            self.stats.sold.append((*booking, user.id))
-            user.bookings.append(booking)
+            record = (int(booking["id"]), show.id, str(booking.get("seat_number", seat)))
+            self.stats.sold.append((*record, user.id))
+            user.bookings.append(record)
         elif status == 409:
             self.stats.conflicts += 1
         elif status is not None:
@@ -261,21 +691,17 @@ class Harness:
         show = self.rng.choice(self.shows)
         return show, self.rng.choice(show.labels)
 
-    async def one(self) -> None:
+    async def one(self, conns: _Conns) -> None:
         cfg, rng = self.cfg, self.rng
         user = rng.choice(self.users)
         if cfg.scenario == "flash":
             show = self.shows[0]
-            await self.book(user, show, rng.choice(show.labels))
+            await self.book(conns, user, show, rng.choice(show.labels))
         elif cfg.scenario == "spread":
-            await self.book(user, *self.pick_untried())
+            await self.book(conns, user, *self.pick_untried())
         elif cfg.scenario == "login":
             status, _ = await self.request(
-                "login",
-                "POST",
-                "/api/auth/login/",
-                None,
-                {"username": user.name, "password": PASSWORD_PREFIX + user.name.split("-")[1]},
+                conns, LOGIN, b"POST", "/api/auth/login/", b"", user.login_body
             )
             if status is not None and status != 200:
                 self.stats.errors[f"login {status}"] += 1
@@ -286,31 +712,34 @@ class Harness:
                     path = "/api/movies/"
                 else:
                     path = f"/api/shows/{rng.choice(self.shows).id}/"
-                status, _ = await self.request("browse", "GET", path, None)
+                status, _ = await self.request(conns, BROWSE, b"GET", path)
                 if status is not None and status != 200:
                     self.stats.errors[f"browse {status}"] += 1
             elif r < 0.95 or not user.bookings:
-                await self.book(user, *self.pick_untried())
+                await self.book(conns, user, *self.pick_untried())
             else:
                 booking = user.bookings.pop(rng.randrange(len(user.bookings)))
                 booking_id, show_id, seat = booking
                 status, _ = await self.request(
-                    "cancel", "POST", f"/api/bookings/{booking_id}/cancel/", user.token
+                    conns, CANCEL, b"POST", f"/api/bookings/{booking_id}/cancel/", user.auth
                 )
                 if status == 200:
                     self.stats.cancels += 1
                     self.stats.cancelled.add(booking_id)
                     if self.take():  # re-book the seat just freed
-                        show = next(s for s in self.shows if s.id == show_id)
-                        await self.book(user, show, seat)
+                        await self.book(conns, user, self.shows_by_id[show_id], seat)
                 else:
                     user.bookings.append(booking)
                     if status is not None:
                         self.stats.errors[f"cancel {status}"] += 1
 
     async def worker(self) -> None:
-        while self.take():
-            await self.one()
+        conns = _Conns(self.api_endpoint, self.auth_endpoint)
+        try:
+            while self.take():
+                await self.one(conns)
+        finally:
+            conns.close()
 
     async def health_probe(self, stop: asyncio.Event) -> None:
         timeout = aiohttp.ClientTimeout(total=10)
@@ -330,26 +759,29 @@ class Harness:
                 except TimeoutError:
                     pass
 
-    async def progress(self, stop: asyncio.Event, started: float) -> None:
-        last_n, last_t = 0, started
+    async def progress(self, stop: asyncio.Event) -> None:
+        """Once a second: a timeline point, and the live line on stderr."""
+        last_n, last_t, p99 = 0, self.t0, 0.0
         while not stop.is_set():
             try:
                 await asyncio.wait_for(stop.wait(), 1.0)
             except TimeoutError:
                 pass
             now = time.perf_counter()
-            n = len(self.stats.latencies)
+            n = len(self.rec)
             rate = (n - last_n) / max(now - last_t, 1e-9)
+            if n > last_n:  # p99 of the last second's answers; the previous one if none came
+                p99 = percentile(sorted(self.rec.latency[last_n:n]), 99) * 1000
             last_n, last_t = n, now
-            p99 = percentile(sorted(self.stats.latencies[-20000:]), 99) * 1000
             errors = sum(self.stats.errors.values())
             self.stats.timeline.append(
-                {"t": round(now - started, 3), "rps": round(rate, 1), "p99_ms": round(p99, 2)}
+                {"t": round(now - self.t0, 3), "rps": round(rate, 1), "p99_ms": round(p99, 2)}
             )
             if self.cfg.progress:
                 print(
-                    f"[{now - started:6.1f}s] {rate:8.0f} req/s  201: {self.stats.booked}"
-                    f"  409: {self.stats.conflicts}  errors: {errors}  p99 so far: {p99:.1f} ms",
+                    f"[{now - self.t0:6.1f}s] {rate:8.0f} req/s  201: {self.stats.booked}"
+                    f"  409: {self.stats.conflicts}  errors: {errors}  p99 last second:"
+                    f" {p99:.1f} ms",
                     file=sys.stderr,
                     flush=True,
                 )
@@ -357,14 +789,18 @@ class Harness:
     async def run_clock(self) -> tuple[float, float]:
         """The measured part; returns (wall seconds, client CPU seconds)."""
         stop = asyncio.Event()
-        cpu0, t0 = time.process_time(), time.perf_counter()
+        if self.cfg.on_clock:
+            self.cfg.on_clock("start")
+        cpu0, self.t0 = time.process_time(), time.perf_counter()
         if self.cfg.duration is not None:
             self.deadline = time.monotonic() + self.cfg.duration
-        side = [asyncio.create_task(self.progress(stop, t0))]
+        side = [asyncio.create_task(self.progress(stop))]
         if self.cfg.scenario == "login":
             side.append(asyncio.create_task(self.health_probe(stop)))
         await asyncio.gather(*(self.worker() for _ in range(self.cfg.concurrency)))
-        wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+        wall, cpu = time.perf_counter() - self.t0, time.process_time() - cpu0
+        if self.cfg.on_clock:
+            self.cfg.on_clock("stop")
         stop.set()
         await asyncio.gather(*side)
         return wall, cpu
@@ -545,14 +981,219 @@ class Harness:
         checked.append("PostgreSQL: every 201 a row, no seat booked twice, booked rows per show")
 
 
-def summarise(h: Harness, wall: float, cpu: float, lag: float | None) -> dict[str, Any]:
-    lat = sorted(h.stats.latencies)
-    n = len(lat)
-    ms = {
-        f"p{p}_ms".replace(".", "_"): round(percentile(lat, p) * 1000, 2)
-        for p in (50, 90, 99, 99.9)
-    }
+# --- the client's own ceiling ------------------------------------------------------------------
+
+TRIVIAL_BODY = b'{"ok":true}'
+TRIVIAL_RESPONSE = (
+    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+    % (len(TRIVIAL_BODY), TRIVIAL_BODY)
+)
+
+
+class _TrivialHttp(asyncio.Protocol):
+    """Answers every request with TRIVIAL_RESPONSE, keep-alive (pipelining included)."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.buf = bytearray()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio.Transport subclasses, but have its methods
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        buf = self.buf
+        buf += data
+        answers = 0
+        while True:
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                break
+            length = _header(bytes(buf[:end]).lower(), b"content-length")
+            size = end + 4 + (int(length) if length else 0)
+            if len(buf) < size:
+                break
+            del buf[:size]
+            answers += 1
+        if answers and self.transport is not None:
+            self.transport.write(TRIVIAL_RESPONSE * answers)
+
+
+def serve_trivial(port: int) -> None:
+    """Serve TRIVIAL_RESPONSE on 127.0.0.1:port (0: a free one) until SIGTERM or SIGINT; the
+    port is the first line on stdout."""
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(_TrivialHttp, "127.0.0.1", port, backlog=4096)
+        print(server.sockets[0].getsockname()[1], flush=True)
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        server.close()
+
+    try:
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    except ImportError:  # pragma: no cover - optional speed-up
+        pass
+    asyncio.run(main())
+
+
+@dataclass
+class Ceiling:
+    rps: float
+    cpu_share: float  # of one core, this process only
+    requests: int
+    errors: int
+
+
+async def measure_client_ceiling(concurrency: int, seconds: float = 2.0) -> Ceiling:
+    """The request rate this client reaches at `concurrency` against a trivial endpoint served
+    by a separate process, doing the per-request work of a flash run (random pick, JSON body,
+    bearer token, the record, the JSON answer parsed)."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "engine.loadtest",
+        "--trivial-server",
+        "0",
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert proc.stdout is not None
+        line = await asyncio.wait_for(proc.stdout.readline(), 15)
+        if not line.strip().isdigit():
+            raise OSError(f"the trivial server did not start (exit code {proc.returncode})")
+        endpoint = parse_endpoint(f"http://127.0.0.1:{int(line)}")
+        return await _drive_trivial(endpoint, concurrency, seconds)
+    finally:
+        if proc.returncode is None:
+            proc.terminate()
+        try:
+            await asyncio.wait_for(proc.wait(), 5)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+
+
+async def _drive_trivial(endpoint: Endpoint, concurrency: int, seconds: float) -> Ceiling:
+    rng = random.Random(1)
+    rec = Recorder()
+    auth = b"Authorization: Bearer " + b"x" * 160 + b"\r\n"  # about a real access token
+    errors = 0
+
+    async def worker(stop_at: float) -> None:
+        nonlocal errors
+        conn = Connection(endpoint)
+        try:
+            while (started := time.perf_counter()) < stop_at:
+                body = dumps({"seat_number": str(rng.randint(1, 1000))})
+                try:
+                    status, data = await conn.request(b"POST", "/api/shows/1/book/", auth, body)
+                    _loads(data)
+                except (OSError, BadResponse):
+                    status = 0
+                    errors += 1
+                now = time.perf_counter()
+                rec.add(now - t0, now - started, BOOK, status)
+        finally:
+            conn.close()
+
+    cpu0, t0 = time.process_time(), time.perf_counter()
+    await asyncio.gather(*(worker(t0 + seconds) for _ in range(concurrency)))
+    wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    done = len(rec) - errors
+    return Ceiling(done / wall if wall else 0.0, cpu / wall if wall else 0.0, done, errors)
+
+
+# --- the plot ----------------------------------------------------------------------------------
+
+
+class Bucket(NamedTuple):
+    start: float  # s since the start of the clock
+    requests_per_s: float
+    bookings_per_s: float  # 201s
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+
+
+def time_buckets(rec: Recorder, wall: float) -> tuple[float, list[Bucket]]:
+    """(bucket width, the buckets) of the run by completion time: max(0.25 s, run / 60) wide."""
+    width = max(0.25, wall / 60)
+    count = max(1, math.ceil(wall / width))
+    nan = float("nan")
+    buckets = []
+    first = 0
+    for i in range(count):
+        # records are appended as answers complete, so `done` is sorted: a bucket is a slice
+        end = len(rec) if i == count - 1 else bisect_left(rec.done, (i + 1) * width, first)
+        lat = sorted(rec.latency[first:end])
+        booked = rec.status[first:end].count(201)  # only a booking is answered 201
+        # the last bucket may be cut short by the end of the run
+        span = min(width, wall - i * width) if wall > i * width else width
+        p = [percentile(lat, q) * 1000 if lat else nan for q in (50, 90, 99)]
+        buckets.append(Bucket(i * width, len(lat) / span, booked / span, *p))
+        first = end
+    return width, buckets
+
+
+def plot_available() -> bool:
+    return importlib.util.find_spec("matplotlib") is not None
+
+
+def write_plot(path: str, rec: Recorder, wall: float, title: str) -> None:
+    """Throughput and latency percentiles over time, two stacked panels, as a PNG."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    width, buckets = time_buckets(rec, wall)
+    t = [b.start + width / 2 for b in buckets]
+    fig = Figure(figsize=(10, 7), layout="constrained")
+    FigureCanvasAgg(fig)
+    top, bottom = fig.subplots(2, 1, sharex=True)
+    top.plot(t, [b.requests_per_s for b in buckets], label="requests/s", marker=".")
+    top.plot(t, [b.bookings_per_s for b in buckets], label="201/s", marker=".")
+    top.set_ylabel("per second")
+    top.set_ylim(bottom=0)
+    top.legend(loc="upper right")
+    top.grid(alpha=0.3)
+    for name in ("p50_ms", "p90_ms", "p99_ms"):
+        bottom.plot(t, [getattr(b, name) for b in buckets], label=name[:3], marker=".")
+    bottom.set_ylabel("latency (ms)")
+    bottom.set_xlabel(f"seconds since the start of the clock ({width:.2f} s buckets)")
+    bottom.set_ylim(bottom=0)
+    bottom.legend(loc="upper right")
+    bottom.grid(alpha=0.3)
+    fig.suptitle(title)
+    fig.savefig(path, format="png", dpi=100)
+
+
+# --- figures -----------------------------------------------------------------------------------
+
+
+def summarise(
+    h: Harness, wall: float, cpu: float, lag: float | None, ceiling: Ceiling | None = None
+) -> dict[str, Any]:
+    rec = h.rec
+    n = len(rec)
+    wanted = (50, 90, 99, 99.9)
+    found = percentiles(rec.latency, wanted)
+    ms = {f"p{p}_ms".replace(".", "_"): round(found[p] * 1000, 2) for p in wanted}
+    slowest = max(rec.latency) if n else 0.0
+    pairs = Counter(zip(rec.kind, rec.status, strict=True))
+    by_kind: Counter[str] = Counter()
+    for (k, _s), c in pairs.items():
+        by_kind[KINDS[k]] += c
+    statuses = Counter({f"{KINDS[k]} {s}": c for (k, s), c in pairs.items() if s})
     health = sorted(h.stats.health_latencies)
+    rps = n / wall if wall else 0.0
+    cpu_share = cpu / wall if wall else 0.0
+    used = rps / ceiling.rps if ceiling and ceiling.rps else None
     return {
         "scenario": h.cfg.scenario,
         "url": h.url,
@@ -563,20 +1204,25 @@ def summarise(h: Harness, wall: float, cpu: float, lag: float | None) -> dict[st
         "seed": h.cfg.seed,
         "requests": n,
         "wall_s": round(wall, 3),
-        "requests_per_s": round(n / wall, 1) if wall else 0.0,
+        "requests_per_s": round(rps, 1),
         "bookings_201": h.stats.booked,
         "bookings_per_s": round(h.stats.booked / wall, 1) if wall else 0.0,
         "conflicts_409": h.stats.conflicts,
         "cancels_200": h.stats.cancels,
         "errors": sum(h.stats.errors.values()),
         "errors_by_status": dict(sorted(h.stats.errors.items())),
-        "statuses": dict(sorted(h.stats.statuses.items())),
-        "by_kind": dict(sorted(h.stats.by_kind.items())),
+        "statuses": dict(sorted(statuses.items())),
+        "by_kind": dict(sorted(by_kind.items())),
         **ms,
-        "max_ms": round(lat[-1] * 1000, 2) if lat else 0.0,
+        "max_ms": round(slowest * 1000, 2),
         "client_cpu_s": round(cpu, 3),
-        "client_cpu_share": round(cpu / wall, 3) if wall else 0.0,
-        "client_limited": bool(wall and cpu / wall > CLIENT_CPU_WARNING),
+        "client_cpu_share": round(cpu_share, 3),
+        "client_ceiling_rps": round(ceiling.rps, 1) if ceiling else None,
+        "client_ceiling_cpu_share": round(ceiling.cpu_share, 3) if ceiling else None,
+        "client_ceiling_share_used": round(used, 3) if used is not None else None,
+        "client_limited": bool(
+            cpu_share >= CLIENT_CPU_WARNING or (used is not None and used >= CLIENT_CEILING_WARNING)
+        ),
         "persistence_lag_s": None if lag is None or lag == float("inf") else round(lag, 3),
         "persistence_drained": lag is not None and lag != float("inf"),
         "health_live_p50_ms": round(percentile(health, 50) * 1000, 2) if health else None,
@@ -584,6 +1230,13 @@ def summarise(h: Harness, wall: float, cpu: float, lag: float | None) -> dict[st
         "health_live_errors": h.stats.health_errors,
         "timeline": h.stats.timeline,
     }
+
+
+def ceiling_line(ceiling: Ceiling, concurrency: int) -> str:
+    return (
+        f"client ceiling: {ceiling.rps:.0f} req/s at concurrency {concurrency} against a trivial"
+        f" endpoint (client CPU {ceiling.cpu_share * 100:.0f}% of a core)"
+    )
 
 
 def print_table(fig: dict[str, Any], out: TextIO) -> None:
@@ -614,6 +1267,18 @@ def print_table(fig: dict[str, Any], out: TextIO) -> None:
         ),
         ("client CPU", f"{fig['client_cpu_share'] * 100:.0f}% of one core"),
     ]
+    if fig.get("client_ceiling_rps") is not None:
+        rows.append(
+            (
+                "client ceiling (trivial endpoint)",
+                f"{fig['client_ceiling_rps']:.0f} req/s, client CPU "
+                f"{fig['client_ceiling_cpu_share'] * 100:.0f}% of one core",
+            )
+        )
+    if fig.get("client_ceiling_share_used") is not None:
+        rows.append(
+            ("share of the client ceiling used", f"{fig['client_ceiling_share_used'] * 100:.0f}%")
+        )
     if fig["health_live_p50_ms"] is not None:
         rows.append(
             (
@@ -631,22 +1296,49 @@ def print_table(fig: dict[str, Any], out: TextIO) -> None:
     for key, value in rows:
         print(f"{key:<{width}}  {value}", file=out)
     if fig["client_limited"]:
+        why = []
+        if fig["client_cpu_share"] >= CLIENT_CPU_WARNING:
+            why.append(f"the client used {fig['client_cpu_share'] * 100:.0f}% of a core")
+        used = fig.get("client_ceiling_share_used")
+        if used is not None and used >= CLIENT_CEILING_WARNING:
+            why.append(f"the run reached {used * 100:.0f}% of the client's ceiling")
         print(
-            f"WARNING: the client used {fig['client_cpu_share'] * 100:.0f}% of a core: "
-            "this run may be limited by the client",
+            f"WARNING: {' and '.join(why)}: this run may be limited by the client, not the server",
             file=out,
         )
 
 
-async def run(cfg: Config) -> tuple[int, dict[str, Any]]:
-    """The harness, in-process: (exit code, figures). Prints the table to cfg.out."""
-    out = cfg.out or sys.stdout
+def config_problem(cfg: Config) -> str | None:
+    """Why this configuration cannot run (before anything is sent), or None."""
     if cfg.scenario not in SCENARIOS:
-        raise ValueError(f"unknown scenario {cfg.scenario!r}")
+        return f"unknown scenario {cfg.scenario!r}"
     if (cfg.requests is None) == (cfg.duration is None):
-        raise ValueError("give exactly one of --requests and --duration")
+        return "give exactly one of --requests and --duration"
+    if cfg.concurrency < 1:
+        return "--concurrency must be at least 1"
+    for url in (cfg.url, cfg.auth_url):
+        if url is not None:
+            try:
+                parse_endpoint(url)
+            except ValueError as exc:
+                return str(exc)
+    if cfg.plot_path and not plot_available():
+        return PLOT_MISSING.removeprefix("error: ")
+    return None
+
+
+async def run(cfg: Config) -> tuple[int, dict[str, Any]]:
+    """The harness, in-process: (exit code, figures). Prints the table to cfg.out.
+
+    Exit code 2 when the configuration is unusable or the setup failed, 1 when an invariant is
+    broken, else 0."""
+    out = cfg.out or sys.stdout
+    problem = config_problem(cfg)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2, {}
     connector = aiohttp.TCPConnector(limit=cfg.concurrency, keepalive_timeout=60)
-    timeout = aiohttp.ClientTimeout(total=30)
+    timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
         h = Harness(cfg, session)
         try:
@@ -655,13 +1347,31 @@ async def run(cfg: Config) -> tuple[int, dict[str, Any]]:
         except (SetupError, aiohttp.ClientError, OSError) as exc:
             print(f"error: setting up the run failed: {exc}", file=sys.stderr)
             return 2, {}
+        ceiling: Ceiling | None = None
+        if cfg.client_ceiling:
+            try:
+                ceiling = await measure_client_ceiling(cfg.concurrency, cfg.ceiling_seconds)
+                print(ceiling_line(ceiling, cfg.concurrency), file=out, flush=True)
+            except OSError as exc:
+                h.notes.append(f"client ceiling not measured: {exc}")
         wall, cpu = await h.run_clock()
         lag = await h.persistence_lag() if cfg.scenario != "login" else None
+        if cfg.on_clock:
+            cfg.on_clock("drained")
         problems, checked = await h.verify()
-    fig = summarise(h, wall, cpu, lag)
+    fig = summarise(h, wall, cpu, lag, ceiling)
     fig["verified"] = checked
     fig["problems"] = problems
     fig["notes"] = h.notes
+    code = 1 if problems else 0
+    if cfg.plot_path:
+        title = f"{cfg.scenario} against {h.url}, concurrency {cfg.concurrency}"
+        try:
+            await asyncio.to_thread(write_plot, cfg.plot_path, h.rec, wall, title)
+            h.notes.append(f"plot written to {cfg.plot_path}")
+        except OSError as exc:
+            print(f"error: writing the plot failed: {exc}", file=sys.stderr)
+            code = code or 2
     print_table(fig, out)
     for note in h.notes:
         print(f"note: {note}", file=out)
@@ -673,4 +1383,24 @@ async def run(cfg: Config) -> tuple[int, dict[str, Any]]:
         print("verified: " + "; ".join(checked), file=out)
     if cfg.json_path:
         await asyncio.to_thread(Path(cfg.json_path).write_text, json.dumps(fig, indent=2))
-    return (1 if problems else 0), fig
+    return code, fig
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m engine.loadtest --trivial-server PORT`: the endpoint of the client ceiling."""
+    parser = argparse.ArgumentParser(prog="python -m engine.loadtest")
+    parser.add_argument(
+        "--trivial-server",
+        type=int,
+        metavar="PORT",
+        required=True,
+        help="answer every request on 127.0.0.1:PORT with a fixed 200 JSON body, keep-alive, "
+        "until SIGTERM (0: a free port, printed on stdout)",
+    )
+    args = parser.parse_args(argv)
+    serve_trivial(args.trivial_server)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

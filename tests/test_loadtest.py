@@ -1,5 +1,6 @@
 """The load-test harness, in-process: small runs against the real service (PostgreSQL checked
-too), and a fake contract server that sells a seat twice, which the harness must catch."""
+too), a fake contract server that sells a seat twice, which the harness must catch, and the lean
+HTTP client of the measured loop against servers that close connections or answer chunked."""
 
 from __future__ import annotations
 
@@ -8,7 +9,13 @@ import contextlib
 import io
 import itertools
 import json
-from collections.abc import AsyncIterator
+import os
+import random
+import subprocess
+import sys
+import time
+from array import array
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +24,19 @@ import pytest
 from aiohttp import web
 from arq.connections import ArqRedis
 
-from engine.loadtest import Config, run
+from engine.jsonutil import dumps
+from engine.loadtest import (
+    BOOK,
+    Config,
+    Connection,
+    Recorder,
+    measure_client_ceiling,
+    parse_endpoint,
+    percentile,
+    percentiles,
+    run,
+    time_buckets,
+)
 from engine.persistence import mark_unpersisted, persist_dirty
 from engine.seats import Scripts
 from engine.settings import Settings
@@ -26,16 +45,16 @@ from tests.conftest import Api
 
 async def admin_config(http: Api, pg: asyncpg.Pool, server: str, **kw: Any) -> Config:
     await http.admin(pg)  # user "root", password "correct-horse-9", made admin
+    defaults: dict[str, Any] = {
+        "concurrency": 20,
+        "users": 10,
+        "seed": 7,
+        "progress": False,
+        "out": io.StringIO(),
+        "client_ceiling": False,  # spawns a process: only where it is under test
+    }
     return Config(
-        url=server,
-        admin_user="root",
-        admin_password="correct-horse-9",
-        concurrency=20,
-        users=10,
-        seed=7,
-        progress=False,
-        out=io.StringIO(),
-        **kw,
+        url=server, admin_user="root", admin_password="correct-horse-9", **{**defaults, **kw}
     )
 
 
@@ -134,13 +153,17 @@ async def test_mixed_run_cancels_and_rebooks(
     assert fig["by_kind"].get("browse", 0) > 200
 
 
-# --- a broken server ----------------------------------------------------------------------
+# --- fake contract servers ----------------------------------------------------------------
 
 
-@pytest.fixture
-async def double_seller() -> AsyncIterator[str]:
-    """A contract server that sells seat "1" of every show twice."""
+def contract_app(
+    *, sell_twice: bool = False, close_every: int = 0, chunked: bool = False
+) -> web.Application:
+    """Enough of the contract for a flash run. `sell_twice`: seat "1" of every show is sold
+    twice; `close_every`: every Nth answer says `Connection: close` and the connection is
+    closed; `chunked`: every answer is sent with `Transfer-Encoding: chunked`, in pieces."""
     ids = itertools.count(1)
+    answers = itertools.count(1)
     users: dict[str, int] = {}
     sold: dict[tuple[int, str], int] = {}
     shows: dict[int, int] = {}
@@ -165,7 +188,7 @@ async def double_seller() -> AsyncIterator[str]:
 
     async def get_show(request: web.Request) -> web.Response:
         show_id = int(request.match_info["id"])
-        booked = sum(1 for (s, _seat) in sold if s == show_id)
+        booked = sum(n for (s, _seat), n in sold.items() if s == show_id)
         return web.json_response(
             {
                 "id": show_id,
@@ -178,32 +201,62 @@ async def double_seller() -> AsyncIterator[str]:
         show_id = int(request.match_info["id"])
         seat = str((await request.json())["seat_number"])
         count = sold.get((show_id, seat), 0)
-        if count >= (2 if seat == "1" else 1):
+        if count >= (2 if sell_twice and seat == "1" else 1):
             return web.json_response({"detail": "taken"}, status=409)
         sold[(show_id, seat)] = count + 1
         return web.json_response(
             {"id": next(ids), "seat_number": seat, "status": "booked"}, status=201
         )
 
-    app = web.Application()
+    @web.middleware
+    async def framing(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        resp = await handler(request)
+        close = bool(close_every) and next(answers) % close_every == 0
+        if chunked and isinstance(resp, web.Response) and isinstance(resp.body, bytes):
+            stream = web.StreamResponse(
+                status=resp.status, headers={"Content-Type": "application/json"}
+            )
+            stream.enable_chunked_encoding()
+            if close:
+                stream.force_close()
+            await stream.prepare(request)
+            half = len(resp.body) // 2
+            await stream.write(resp.body[:half])
+            await asyncio.sleep(0)
+            await stream.write(resp.body[half:])
+            await stream.write_eof()
+            return stream
+        if close:
+            resp.force_close()
+        return resp
+
+    app = web.Application(middlewares=[framing])
     app.router.add_post("/api/auth/signup/", signup)
     app.router.add_post("/api/auth/login/", login)
     app.router.add_post("/api/admin/movies/", movie)
     app.router.add_post("/api/admin/shows/", show)
     app.router.add_get("/api/shows/{id}/", get_show)
     app.router.add_post("/api/shows/{id}/book/", book)
+    return app
+
+
+@contextlib.asynccontextmanager
+async def serving(app: web.Application) -> AsyncIterator[str]:
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
-    yield f"http://127.0.0.1:{runner.addresses[0][1]}"
-    await runner.cleanup()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        await runner.cleanup()
 
 
-async def test_a_seat_sold_twice_is_caught(double_seller: str) -> None:
-    out = io.StringIO()
-    cfg = Config(
-        url=double_seller,
+def fake_config(url: str, out: io.StringIO, **kw: Any) -> Config:
+    return Config(
+        url=url,
         scenario="flash",
         requests=200,
         seats=10,
@@ -212,11 +265,291 @@ async def test_a_seat_sold_twice_is_caught(double_seller: str) -> None:
         admin_user="admin",
         admin_password="whatever-pass",
         progress=False,
+        client_ceiling=False,
         out=out,
+        **kw,
     )
-    code, fig = await run(cfg)
+
+
+async def test_a_seat_sold_twice_is_caught() -> None:
+    out = io.StringIO()
+    async with serving(contract_app(sell_twice=True)) as url:
+        code, fig = await run(fake_config(url, out))
     text = out.getvalue()
     assert code == 1, text
     assert fig["bookings_201"] == 11
     assert "INVARIANTS BROKEN" in text
     assert "seat 1 of show" in text and "sold twice" in text
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+async def test_connection_close_and_chunked_answers_are_no_errors(chunked: bool) -> None:
+    """Every 3rd answer closes the connection; the run reconnects and counts no error."""
+    out = io.StringIO()
+    async with serving(contract_app(close_every=3, chunked=chunked)) as url:
+        code, fig = await run(fake_config(url, out))
+    assert code == 0, out.getvalue()
+    assert fig["errors"] == 0, fig["errors_by_status"]
+    assert fig["requests"] == 200
+    assert fig["bookings_201"] == 10 and fig["conflicts_409"] == 190
+    assert fig["statuses"] == {"book 201": 10, "book 409": 190}
+
+
+# --- the lean client, byte by byte ----------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def raw_server(mode: str) -> AsyncIterator[tuple[str, list[int]]]:
+    """A raw HTTP/1.1 server echoing {"n", "path", "body"} (n counts requests); yields (URL,
+    connections accepted so far). Modes: "close-every-3" (`Connection: close` on every 3rd
+    answer, then closed), "chunked" (pieces, a chunk extension, a trailer), "until-close"
+    (no length: the body ends with the connection), "idle-close" (closes each connection 20 ms
+    after an answer, saying nothing), "hang-up" (reads the request, closes without answering),
+    "silent" (never answers)."""
+    count = itertools.count(1)
+    accepted = [0]
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted[0] += 1
+        try:
+            while True:
+                try:
+                    head = await reader.readuntil(b"\r\n\r\n")
+                except (asyncio.IncompleteReadError, ConnectionError):
+                    return
+                path = head.split(b" ", 2)[1].decode()
+                length = 0
+                for line in head.split(b"\r\n"):
+                    if line.lower().startswith(b"content-length:"):
+                        length = int(line.split(b":", 1)[1])
+                body = await reader.readexactly(length)
+                n = next(count)
+                if mode == "hang-up":
+                    return
+                if mode == "silent":
+                    await asyncio.sleep(30)
+                    return
+                answer = dumps({"n": n, "path": path, "body": body.decode()})
+                if mode == "chunked":
+                    writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n")
+                    writer.write(b"Transfer-Encoding: chunked\r\n\r\n")
+                    await writer.drain()
+                    for i in range(0, len(answer), 7):
+                        piece = answer[i : i + 7]
+                        writer.write(b"%x;ext=1\r\n%s\r\n" % (len(piece), piece))
+                        await writer.drain()
+                    writer.write(b"0\r\nX-Trailer: yes\r\n\r\n")
+                    await writer.drain()
+                    continue
+                if mode == "until-close":
+                    writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n")
+                    writer.write(answer)
+                    return
+                close = mode == "close-every-3" and n % 3 == 0
+                writer.write(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                    b"Content-Length: %d\r\n%s\r\n%s"
+                    % (len(answer), b"Connection: close\r\n" if close else b"", answer)
+                )
+                await writer.drain()
+                if close:
+                    return
+                if mode == "idle-close":
+                    await asyncio.sleep(0.02)
+                    return
+        finally:
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}", accepted
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def exchange(conn: Connection, i: int) -> dict[str, Any]:
+    status, body = await conn.request(
+        b"POST", f"/echo/{i}/", b"Authorization: Bearer t\r\n", dumps({"i": i})
+    )
+    assert status == 200
+    answer = json.loads(body)
+    assert answer["path"] == f"/echo/{i}/" and json.loads(answer["body"]) == {"i": i}
+    return dict(answer)
+
+
+@pytest.mark.parametrize("mode", ["close-every-3", "chunked", "until-close"])
+async def test_lean_client_reads_each_framing(mode: str) -> None:
+    async with raw_server(mode) as (url, accepted):
+        conns = [Connection(parse_endpoint(url)) for _ in range(4)]
+
+        async def worker(conn: Connection, first: int) -> None:
+            for i in range(first, first + 15):
+                await exchange(conn, i)
+
+        try:
+            await asyncio.gather(*(worker(c, k * 100) for k, c in enumerate(conns)))
+        finally:
+            for conn in conns:
+                conn.close()
+        connects = sum(c.connects for c in conns)
+    assert connects == accepted[0]
+    if mode == "close-every-3":
+        assert 20 <= connects <= 24  # a new connection after every 3rd of 60 answers
+    elif mode == "chunked":
+        assert connects == 4  # kept alive
+    else:
+        assert connects == 60
+
+
+async def test_lean_client_reconnects_when_the_server_closed_an_idle_connection() -> None:
+    async with raw_server("idle-close") as (url, accepted):
+        conn = Connection(parse_endpoint(url))
+        try:
+            for i in range(3):
+                await exchange(conn, i)
+                await asyncio.sleep(0.1)  # the server closes meanwhile, without a word
+        finally:
+            conn.close()
+    assert conn.connects == accepted[0] == 3
+
+
+async def test_lean_client_a_request_lost_mid_flight_is_an_error() -> None:
+    async with raw_server("hang-up") as (url, _):
+        conn = Connection(parse_endpoint(url))
+        with pytest.raises(ConnectionResetError):
+            await exchange(conn, 1)
+        assert conn.connects == 1  # a POST is not sent twice
+    async with raw_server("silent") as (url, _):
+        conn = Connection(parse_endpoint(url), timeout=0.2)
+        with pytest.raises(TimeoutError):
+            await exchange(conn, 1)
+
+
+def test_only_http_urls() -> None:
+    assert parse_endpoint("http://example.com").port == 80
+    assert parse_endpoint("http://127.0.0.1:8400/base/").prefix == b"/base"
+    with pytest.raises(ValueError, match="https"):
+        parse_endpoint("https://example.com")
+
+
+def cli(*args: str, prelude: str = "") -> subprocess.CompletedProcess[str]:
+    """`python -m engine loadtest ...` in a child process (env with dummy, unused services)."""
+    env = {
+        **os.environ,
+        "DATABASE_URL": "postgresql://unused@127.0.0.1:1/unused",
+        "REDIS_URL": "redis://127.0.0.1:1/0",
+        "JWT_SECRET": "unused-but-long-enough-secret",
+        "LOG_LEVEL": "WARNING",
+    }
+    code = "\n".join(
+        ["import sys", prelude, "from engine.__main__ import main", "sys.exit(main(sys.argv[1:]))"]
+    )
+    return subprocess.run(
+        [sys.executable, "-c", code, "loadtest", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=30,
+    )
+
+
+def test_cli_refuses_https_and_plot_without_matplotlib() -> None:
+    done = cli("--url", "https://127.0.0.1:1", "--requests", "1")
+    assert done.returncode == 2 and "https" in done.stderr
+    done = cli(
+        "--url",
+        "http://127.0.0.1:1",
+        "--requests",
+        "1",
+        "--plot",
+        "x.png",
+        prelude="sys.modules['matplotlib'] = None",  # as if not installed
+    )
+    assert done.returncode == 2
+    assert "error: --plot needs matplotlib: pip install 'booking-engine[plot]'" in done.stderr
+
+
+# --- login, the plot, the client ceiling -------------------------------------------------------
+
+
+async def test_login_run_for_a_duration_keeps_health_responsive(
+    server: str, pg: asyncpg.Pool, http: Api
+) -> None:
+    cfg = await admin_config(http, pg, server, scenario="login", duration=1.5, users=5)
+    started = time.monotonic()
+    code, fig = await run(cfg)
+    assert code == 0, output(cfg)
+    assert 1.5 <= fig["wall_s"] < 1.5 + 5 and time.monotonic() - started < 10
+    assert fig["errors"] == 0, fig["errors_by_status"]
+    assert fig["requests"] > 0
+    assert fig["by_kind"] == {"login": fig["requests"]}
+    assert fig["statuses"] == {"login 200": fig["requests"]}
+    assert fig["bookings_201"] == fig["conflicts_409"] == 0
+    assert fig["health_live_errors"] == 0
+    assert fig["health_live_p99_ms"] is not None and fig["health_live_p99_ms"] < 1000
+    assert sum(point["rps"] for point in fig["timeline"]) > 0
+
+
+async def test_plot_is_a_png(
+    server: str, pg: asyncpg.Pool, http: Api, persister: None, tmp_path: Path
+) -> None:
+    path = tmp_path / "run.png"
+    cfg = await admin_config(
+        http, pg, server, scenario="flash", requests=300, seats=50, plot_path=str(path)
+    )
+    code, fig = await run(cfg)
+    assert code == 0, output(cfg)
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    assert len(data) > 10_000
+    assert f"plot written to {path}" in output(cfg)
+
+
+def test_percentiles_of_a_large_run_are_exact() -> None:
+    """Above 100 000 values they are found without sorting them all: same answers."""
+    rng = random.Random(3)
+    values = array("d", (rng.lognormvariate(-3, 1) for _ in range(150_000)))
+    values.append(30.0)  # one timeout-sized outlier
+    ordered = sorted(values)
+    wanted = (0, 50, 90, 99, 99.9, 100)
+    assert percentiles(values, wanted) == {p: percentile(ordered, p) for p in wanted}
+
+
+def test_time_buckets_cover_the_run() -> None:
+    rec = Recorder()
+    for i in range(100):
+        rec.add(i * 0.1, 0.01 * (1 + i % 10), BOOK, 201 if i < 10 else 409)
+    width, buckets = time_buckets(rec, 10.0)
+    assert width == 0.25 and len(buckets) == 40
+    assert sum(b.requests_per_s * width for b in buckets) == pytest.approx(100)
+    assert sum(b.bookings_per_s * width for b in buckets) == pytest.approx(10)
+    width, buckets = time_buckets(rec, 600.0)
+    assert width == 10.0 and len(buckets) == 60
+
+
+async def test_client_ceiling_is_measured_and_reported(
+    server: str, pg: asyncpg.Pool, http: Api, persister: None
+) -> None:
+    ceiling = await measure_client_ceiling(concurrency=5, seconds=0.3)
+    assert ceiling.rps > 0 and ceiling.errors == 0 and 0 < ceiling.cpu_share
+    cfg = await admin_config(
+        http,
+        pg,
+        server,
+        scenario="flash",
+        requests=200,
+        seats=50,
+        client_ceiling=True,
+        ceiling_seconds=0.3,
+    )
+    code, fig = await run(cfg)
+    out = output(cfg)
+    assert code == 0, out
+    assert fig["client_ceiling_rps"] > 0 and fig["client_ceiling_cpu_share"] > 0
+    assert 0 < fig["client_ceiling_share_used"] < 1
+    assert "client ceiling: " in out and "at concurrency 20 against a trivial endpoint" in out
+    assert "share of the client ceiling used" in out

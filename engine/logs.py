@@ -41,7 +41,7 @@ def setup_logging(level: str, *, json_lines: bool = True) -> None:
     root.handlers[:] = [handler]
     root.setLevel(getattr(logging, level, logging.INFO))
     if level != "DEBUG":
-        # arq logs a line per job (a persistence job runs every 50 ms under load); our tasks log
+        # arq logs a line per job (a persistence job runs every 100 ms under load); our tasks log
         # what they did instead.
         logging.getLogger("arq.worker").setLevel(logging.WARNING)
         logging.getLogger("arq.jobs").setLevel(logging.WARNING)

@@ -1,10 +1,11 @@
 """Getting Redis' pending records into PostgreSQL, the source of truth.
 
 The claim and release scripts write every change into the show's pending hash before the API
-answers, so a 201 survives a crash of the API process. The API then marks the show dirty and
-(at most once per time bucket per process) enqueues an arq job; the worker drains the dirty
-shows in batches, writes each show's records in one transaction, and acknowledges only the
-records that did not change meanwhile. The reconciler re-marks any show whose pending records
+answers, so a 201 survives a crash of the API process. The same script marks the show dirty
+(and indexes the change for the user's list), and the API enqueues at most one arq job per time
+bucket per process; the worker drains the dirty shows in batches, writes a batch's records in
+one transaction of three statements, and acknowledges only the records that did not change
+meanwhile. The reconciler re-marks any show whose pending records
 no job is carrying (lost job, crashed worker, dropped mark).
 """
 
@@ -67,8 +68,9 @@ class PersistScheduler:
 def mark_changed(
     pipe: Any, show_id: int, user_id: int, booking_ids: list[int], at_us: int, status: str
 ) -> None:
-    """Queue (on a pipeline) the global bookkeeping of a claim or release that just succeeded:
-    the user's recent-bookings index, where each booking lives, and the show's dirty mark."""
+    """Queue (on a pipeline) the global bookkeeping of a record the reconciler pended again:
+    the user's recent-bookings index, where each booking lives, and the show's dirty mark (the
+    claim and release scripts write the same themselves)."""
     recent = keys.user_recent(user_id)
     pipe.zadd(recent, {keys.recent_member(bid, show_id, status): at_us for bid in booking_ids})
     pipe.expire(recent, keys.RECENT_TTL_S)
@@ -81,18 +83,18 @@ def mark_changed(
 
 UPSERT_CANCELLED = """
 INSERT INTO bookings (id, user_id, show_id, seat_number, status, created_at, cancelled_at)
-SELECT b.id, b.user_id, $1, b.seat, 'cancelled', b.created_at, now()
-FROM unnest($2::bigint[], $3::bigint[], $4::text[], $5::timestamptz[])
-     AS b(id, user_id, seat, created_at)
+SELECT b.id, b.user_id, b.show_id, b.seat, 'cancelled', b.created_at, now()
+FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::text[], $5::timestamptz[])
+     AS b(id, show_id, user_id, seat, created_at)
 ON CONFLICT (id) DO UPDATE SET status = 'cancelled', cancelled_at = now()
 WHERE bookings.status <> 'cancelled'
 """
 # A cancelled booking never becomes booked again: a replayed or late booked record is a no-op.
 INSERT_BOOKED = """
 INSERT INTO bookings (id, user_id, show_id, seat_number, status, created_at)
-SELECT b.id, b.user_id, $1, b.seat, 'booked', b.created_at
-FROM unnest($2::bigint[], $3::bigint[], $4::text[], $5::timestamptz[])
-     AS b(id, user_id, seat, created_at)
+SELECT b.id, b.user_id, b.show_id, b.seat, 'booked', b.created_at
+FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::text[], $5::timestamptz[])
+     AS b(id, show_id, user_id, seat, created_at)
 ON CONFLICT (id) DO NOTHING
 """
 INSERT_ONE_BOOKED = """
@@ -104,8 +106,11 @@ INSERT INTO bookings (id, user_id, show_id, seat_number, status, created_at, can
 VALUES ($1, $2, $3, $4, 'cancelled', $5, now()) ON CONFLICT (id) DO NOTHING
 """
 SELECT_SHOW_EXISTS = "SELECT 1 FROM shows WHERE id = $1"
-# Per-show lock: two jobs persisting the same show never interleave their writes.
-LOCK_SHOW = "SELECT pg_advisory_xact_lock(1, ($1::bigint % 2147483647)::int)"
+# Per-show locks, taken in ascending show order: two jobs persisting the same show never
+# interleave their writes, and two jobs sharing shows cannot deadlock.
+LOCK_SHOWS = """
+SELECT count(pg_advisory_xact_lock(1, (s % 2147483647)::int)) FROM unnest($1::bigint[]) AS s
+"""
 
 
 @dataclass
@@ -117,31 +122,51 @@ class PersistResult:
 
 
 def _columns(
-    records: list[BookingRecord],
-) -> tuple[list[int], list[int], list[str], list[datetime]]:
+    rows: list[tuple[int, BookingRecord]],
+) -> tuple[list[int], list[int], list[int], list[str], list[datetime]]:
+    """Column arrays (id, show, user, seat, created) of (show id, record) pairs, by booking id."""
+    rows = sorted(rows, key=lambda row: row[1].booking_id)
     return (
-        [r.booking_id for r in records],
-        [r.user_id for r in records],
-        [r.seat for r in records],
-        [from_us(r.created_us) for r in records],
+        [r.booking_id for _, r in rows],
+        [show_id for show_id, _ in rows],
+        [r.user_id for _, r in rows],
+        [r.seat for _, r in rows],
+        [from_us(r.created_us) for _, r in rows],
     )
 
 
-async def _write_show(conn: asyncpg.Connection, show_id: int, records: list[BookingRecord]) -> None:
-    await conn.execute(LOCK_SHOW, show_id)
-    cancelled = sorted((r for r in records if r.status == "cancelled"), key=lambda r: r.booking_id)
-    booked = sorted((r for r in records if r.status == "booked"), key=lambda r: r.booking_id)
+async def _write_shows(
+    conn: asyncpg.Connection, work: list[tuple[int, list[BookingRecord]]]
+) -> None:
+    """Every show's records in three statements: lock the shows, write cancels, then bookings.
+    Raises what PostgreSQL refuses; the caller falls back to writing show by show."""
+    await conn.execute(LOCK_SHOWS, sorted(show_id for show_id, _ in work))
+    rows = [(show_id, r) for show_id, records in work for r in records]
+    cancelled = [row for row in rows if row[1].status == "cancelled"]
+    booked = [row for row in rows if row[1].status == "booked"]
     if cancelled:
-        await conn.execute(UPSERT_CANCELLED, show_id, *_columns(cancelled))
+        await conn.execute(UPSERT_CANCELLED, *_columns(cancelled))
+    if booked:
+        await conn.execute(INSERT_BOOKED, *_columns(booked))
+
+
+async def _write_show(conn: asyncpg.Connection, show_id: int, records: list[BookingRecord]) -> None:
+    """One show's records, row by row where PostgreSQL refuses the batch."""
+    await conn.execute(LOCK_SHOWS, [show_id])
+    rows = [(show_id, r) for r in records]
+    cancelled = [row for row in rows if row[1].status == "cancelled"]
+    booked = [row for row in rows if row[1].status == "booked"]
+    if cancelled:
+        await conn.execute(UPSERT_CANCELLED, *_columns(cancelled))
     if not booked:
         return
     try:
         async with conn.transaction():
-            await conn.execute(INSERT_BOOKED, show_id, *_columns(booked))
+            await conn.execute(INSERT_BOOKED, *_columns(booked))
     except asyncpg.UniqueViolationError:
         # Only possible after Redis lost state it had not persisted (see README): keep the
         # seat's holder in PostgreSQL and record the later claim as cancelled, loudly.
-        for r in booked:
+        for _, r in sorted(booked, key=lambda row: row[1].booking_id):
             created = from_us(r.created_us)
             try:
                 async with conn.transaction():
@@ -160,6 +185,34 @@ async def _write_show(conn: asyncpg.Connection, show_id: int, records: list[Book
                 )
 
 
+# What a batch write can raise that writing show by show handles (or isolates).
+REFUSED = (asyncpg.IntegrityConstraintViolationError, asyncpg.DataError)
+
+
+async def _write(pool: asyncpg.Pool, work: list[tuple[int, list[BookingRecord]]]) -> list[int]:
+    """Commit the records; returns the shows written. One transaction for the whole batch; if
+    PostgreSQL refuses it, show by show, leaving the refused shows pending (logged on every
+    reconcile) rather than blocking every other show."""
+    async with pool.acquire() as conn:
+        try:
+            async with conn.transaction():
+                await _write_shows(conn, work)
+            return [show_id for show_id, _ in work]
+        except REFUSED:
+            pass
+        written: list[int] = []
+        async with conn.transaction():
+            for show_id, records in sorted(work, key=lambda w: w[0]):
+                try:
+                    async with conn.transaction():
+                        await _write_show(conn, show_id, records)
+                except REFUSED as exc:
+                    log.error("cannot persist show %s: %s", show_id, exc)
+                    continue
+                written.append(show_id)
+        return written
+
+
 async def persist_shows(
     redis: ArqRedis, pool: asyncpg.Pool, scripts: Scripts, show_ids: list[int]
 ) -> PersistResult:
@@ -171,47 +224,32 @@ async def persist_shows(
         for show_id in show_ids:
             pipe.hgetall(keys.show_keys(show_id)[4])
         snapshots = await pipe.execute()
-    work: list[tuple[int, dict[bytes, bytes], list[BookingRecord]]] = []
+    work: dict[int, tuple[dict[bytes, bytes], list[BookingRecord]]] = {}
     for show_id, raw in zip(show_ids, snapshots, strict=True):
         if raw:
             records = [BookingRecord.parse(int(bid), rec) for bid, rec in raw.items()]
-            work.append((show_id, raw, records))
+            work[show_id] = (raw, records)
     if not work:
         return result
-    written: list[tuple[int, dict[bytes, bytes], list[BookingRecord]]] = []
-    async with pool.acquire() as conn, conn.transaction():
-        for show_id, raw, records in work:
-            try:
-                async with conn.transaction():
-                    await _write_show(conn, show_id, records)
-            except (asyncpg.IntegrityConstraintViolationError, asyncpg.DataError) as exc:
-                # Rows PostgreSQL refuses (a show or user it does not have): leave them pending,
-                # logged on every reconcile, rather than block every other show in the batch.
-                log.error("cannot persist show %s: %s", show_id, exc)
-                continue
-            written.append((show_id, raw, records))
-    # Committed: forget what did not change since it was read. The user's index loses only the
-    # entry of the state just written; a newer state (a cancel) keeps its own entry.
+    written = await _write(pool, [(show_id, records) for show_id, (_, records) in work.items()])
+    # Committed: forget what did not change since it was read (one script call per show).
     async with redis.pipeline(transaction=False) as pipe:
-        for show_id, raw, records in written:
-            args: list[Any] = []
-            for bid, rec in raw.items():
-                args += [bid, rec]
+        for show_id in written:
+            raw, records = work[show_id]
             show_keys = keys.show_keys(show_id)
-            await scripts.ack_persisted(keys=[show_keys[3], show_keys[4]], args=args, client=pipe)
-            for r in records:
-                pipe.zrem(
-                    keys.user_recent(r.user_id), keys.recent_member(r.booking_id, show_id, r.status)
-                )
-                pipe.delete(keys.booking_show(r.booking_id))
+            ack_keys = [show_keys[3], show_keys[4]]
+            args: list[Any] = [show_id]
+            for r, rec in zip(records, raw.values(), strict=True):
+                ack_keys += [keys.user_recent(r.user_id), keys.booking_show(r.booking_id)]
+                args += [r.booking_id, rec]
+            await scripts.ack_persisted(keys=ack_keys, args=args, client=pipe)
         replies = await pipe.execute()
-    position = 0
-    for _, _, records in written:
+    for show_id, acked in zip(written, replies, strict=True):
+        records = work[show_id][1]
         result.shows += 1
         result.records += len(records)
         result.booking_ids += [r.booking_id for r in records]
-        result.acked += int(replies[position])
-        position += 1 + 2 * len(records)
+        result.acked += int(acked)
     return result
 
 
@@ -281,8 +319,21 @@ async def unload_finished_shows(
 ) -> list[int]:
     """Forget the Redis state of shows that started before the cutoff and have nothing pending,
     so that Redis holds the shows on sale, not every show ever sold."""
-    unloaded = []
-    for show_id in sorted(int(s) for s in await redis.smembers(keys.LOADED_SHOWS)):
+    unloaded: list[int] = []
+    loaded = sorted(int(s) for s in await redis.smembers(keys.LOADED_SHOWS))
+    if not loaded:
+        return unloaded
+    async with redis.pipeline(transaction=False) as pipe:
+        for show_id in loaded:
+            pipe.hget(keys.show_keys(show_id)[0], "starts_us")
+        starts = await pipe.execute()
+    # Only shows that started before the cutoff (or whose meta is gone) are worth a script call.
+    due = [
+        sid
+        for sid, at in zip(loaded, starts, strict=True)
+        if at is None or int(at) < started_before_us
+    ]
+    for show_id in due:
         outcome = await scripts.unload_show(keys=keys.show_keys(show_id), args=[started_before_us])
         if outcome in (b"ok", b"missing"):
             await redis.srem(keys.LOADED_SHOWS, show_id)

@@ -29,7 +29,7 @@ class Settings:
     # How often the worker's reconciler looks for bookings that no job is carrying.
     reconcile_interval_s: int = 5
     # Persistence jobs are coalesced per time bucket: at most one job per bucket per API process.
-    persist_bucket_ms: int = 50
+    persist_bucket_ms: int = 100
     log_level: str = "INFO"
 
     def with_(self, **changes: object) -> Settings:

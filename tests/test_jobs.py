@@ -21,12 +21,14 @@ import pytest
 
 from engine import keys
 from engine.persistence import PERSIST_JOB
+from engine.settings import Settings
 from tests.conftest import Api, make_show
 from tests.test_worker import book, running_worker, statuses
 
 # The reconciler runs every second; a worker that is busy failing jobs gets some slack.
 PERSIST_DEADLINE_S = 5.0
-BUCKET_MS = 50  # Settings.persist_bucket_ms: the API enqueues `persist:<time_ms // 50>`
+# The API enqueues `persist:<time_ms // bucket>`.
+BUCKET_MS = Settings.persist_bucket_ms
 JOB_KEY = "arq:job:"
 RESULT_KEY = "arq:result:"
 RETRY_KEY = "arq:retry:"

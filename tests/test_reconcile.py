@@ -272,3 +272,33 @@ async def test_the_worker_cron_re_pends_only_old_lost_records(
     await tasks.reconcile(ctx)  # within LOST_CHECK_EVERY_S: no new comparison
     assert time.monotonic() - started < tasks.LOST_CHECK_EVERY_S
     assert [d.booking_id for d in await reconcile.find_differences(redis, pg)] == [made[1]]
+
+
+async def test_the_cron_sweeps_loaded_shows_newest_first_within_a_budget_per_tick(
+    http: Api, pg: asyncpg.Pool, redis: Any, drain: Any, monkeypatch: Any
+) -> None:
+    """However many shows are on sale, one tick compares a bounded slice of them: the next
+    shows of a rolling sweep, newest first, until the budget of bookings is spent."""
+    monkeypatch.setattr(tasks, "SWEEP_BOOKINGS_PER_TICK", 1)
+    alice = await http.user("alice")
+    uid = await user_id(pg, "alice")
+    shows = [await make_show(pg, total_seats=SHOW_SEATS) for _ in range(3)]
+    lost = {}
+    for show in shows:
+        status, body = await book(http, alice, show, "1")
+        assert status == 201
+        lost[show] = body["id"]
+    await drain()
+    # Each show's booking was claimed a minute ago, and its persistence was lost.
+    await pg.execute("DELETE FROM bookings WHERE id = ANY($1::bigint[])", list(lost.values()))
+    for show, booking_id in lost.items():
+        old = record(uid, "1", now_us() - 60_000_000, "booked")
+        await redis.hset(keys.show_keys(show)[3], booking_id, old)
+
+    ctx: dict[str, Any] = {"redis": redis, "pg_pool": pg, "scripts": Scripts(redis)}
+    for tick, newest in enumerate(reversed(shows)):
+        await tasks.repair_lost(ctx)
+        await drain()
+        repaired = [s for s in shows if await booked_in_pg(pg, s) == {"1": lost[s]}]
+        assert repaired == shows[len(shows) - 1 - tick :], f"tick {tick}"
+        assert newest in repaired

@@ -53,7 +53,7 @@ class WorkerSettings:
     on_shutdown = shutdown
     keep_result = 0
     max_jobs = 4
-    poll_delay = 0.02
+    poll_delay = 0.05
     job_timeout = JOB_TIMEOUT_S
     # On SIGTERM stop taking jobs and let the running ones commit (arq would cancel them and
     # exit 1 with a CancelledError traceback); a job never runs longer than its timeout anyway.

@@ -10,6 +10,7 @@ import asyncpg
 import redis.exceptions
 from arq import Retry
 
+from engine import keys
 from engine import reconcile as reconciler
 from engine.persistence import (
     UNLOAD_AFTER_S,
@@ -55,24 +56,61 @@ async def persist_pending(ctx: dict[str, Any]) -> int:
     return result.records
 
 
-# The cron's comparison of every loaded show with PostgreSQL runs at most this often, and only
-# repairs differences about bookings at least LOST_AFTER_S old (younger ones may be in flight).
+# The cron compares loaded shows with PostgreSQL in a rolling sweep, newest shows first: each
+# tick takes the next shows up to SWEEP_BOOKINGS_PER_TICK bookings (about 30 µs of CPU each), so
+# the cost of a tick stays bounded however many shows are on sale, and a new sweep starts at
+# most every LOST_CHECK_EVERY_S. It only repairs differences about bookings at least
+# LOST_AFTER_S old (younger ones may be in flight).
 LOST_CHECK_EVERY_S = 30.0
 LOST_AFTER_S = 5.0
+SWEEP_BOOKINGS_PER_TICK = 5_000
+
+
+async def next_sweep_slice(ctx: dict[str, Any]) -> list[int]:
+    """The shows this tick compares: the sweep's next ones (ids below ctx["sweep_below"])."""
+    below = ctx.get("sweep_below")
+    if below is None:
+        last = ctx.get("lost_checked_at")
+        if last is not None and time.monotonic() - last < LOST_CHECK_EVERY_S:
+            return []
+        ctx["lost_checked_at"] = time.monotonic()
+    redis = ctx["redis"]
+    loaded = sorted(
+        (
+            sid
+            for sid in map(int, await redis.smembers(keys.LOADED_SHOWS))
+            if below is None or sid < below
+        ),
+        reverse=True,
+    )
+    async with redis.pipeline(transaction=False) as pipe:
+        for show_id in loaded:
+            pipe.hlen(keys.show_keys(show_id)[3])
+        sizes = await pipe.execute() if loaded else []
+    chosen: list[int] = []
+    total = 0
+    for show_id, size in zip(loaded, sizes, strict=True):
+        if chosen and total + int(size) > SWEEP_BOOKINGS_PER_TICK:
+            break
+        chosen.append(show_id)
+        total += int(size)
+    # The sweep ends with the oldest loaded show; the next tick then waits for a new sweep.
+    ctx["sweep_below"] = chosen[-1] if len(chosen) < len(loaded) else None
+    return chosen
 
 
 async def repair_lost(ctx: dict[str, Any]) -> list[str]:
-    """Repair every difference between Redis and PostgreSQL: lost records are pended again,
-    and where PostgreSQL changed behind Redis' back (a commit racing Redis being emptied),
-    Redis follows PostgreSQL."""
-    last = ctx.get("lost_checked_at")
-    if last is not None and time.monotonic() - last < LOST_CHECK_EVERY_S:
+    """Repair every difference between Redis and PostgreSQL in this tick's shows: lost records
+    are pended again, and where PostgreSQL changed behind Redis' back (a commit racing Redis
+    being emptied), Redis follows PostgreSQL."""
+    show_ids = await next_sweep_slice(ctx)
+    if not show_ids:
         return []
-    ctx["lost_checked_at"] = time.monotonic()
     report, repaired = await reconciler.reconcile(
         ctx["redis"],
         ctx["pg_pool"],
         ctx["scripts"],
+        show_ids,
         older_than_s=LOST_AFTER_S,
     )
     for line in repaired:

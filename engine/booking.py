@@ -16,7 +16,7 @@ from engine.catalog import ShowSchema, page_of, shows_json
 from engine.errors import Forbidden, InvalidInput, NotFound, Unavailable
 from engine.idempotency import idempotency_header, idempotent
 from engine.jsonutil import dumps, json_response, raw_json_response
-from engine.persistence import PersistScheduler, mark_changed
+from engine.persistence import PersistScheduler
 from engine.seats import BookingRecord, SeatEngine, normalise_seat, now_us
 from engine.shapes import (
     SHOW_COLUMNS,
@@ -53,7 +53,6 @@ async def show_exists(pool: asyncpg.Pool, show_id: int) -> bool:
 
 async def book(
     seats: SeatEngine,
-    redis: ArqRedis,
     persist: PersistScheduler,
     show_id: int,
     user_id: int,
@@ -62,9 +61,6 @@ async def book(
     """Claim a seat; (booking id, answer), only once the claim is recorded for persistence."""
     at = now_us()
     booking_ids, available, show_prefix = await seats.claim(show_id, user_id, [seat], at)
-    async with redis.pipeline(transaction=False) as pipe:
-        mark_changed(pipe, show_id, user_id, booking_ids, at, "booked")
-        await pipe.execute()
     persist.schedule()
     body = booking_json(booking_ids[0], show_json(show_prefix, available), seat, "booked", at)
     return booking_ids[0], body
@@ -121,9 +117,6 @@ async def cancel(
             to_us(row["created_at"]),
         )
     record, available, show_prefix = released
-    async with redis.pipeline(transaction=False) as pipe:
-        mark_changed(pipe, show_id, record.user_id, [booking_id], record.created_us, record.status)
-        await pipe.execute()
     persist.schedule()
     return booking_json(
         booking_id, show_json(show_prefix, available), record.seat, "cancelled", record.created_us
@@ -267,7 +260,6 @@ async def book_view(request: web.Request) -> web.Response:
         raise
     booking_id, body = await book(
         app[appkeys.SEATS],
-        app[appkeys.REDIS],
         app[appkeys.PERSIST],
         show_id,
         principal.user_id,

@@ -1,7 +1,8 @@
 """Redis key names, all in one place.
 
-Every key of one show shares the hash tag `{<show id>}` so that a show's scripts run on one
-Redis Cluster slot; the few global keys are never touched by a show's script.
+Every key of one show shares the hash tag `{<show id>}`. The claim script also writes a few
+global keys (the user's index, the dirty-shows set, where a booking lives) in the same atomic
+step, so that a booking costs one round trip: it needs one Redis primary, not a Cluster.
 """
 
 from __future__ import annotations

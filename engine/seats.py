@@ -19,6 +19,7 @@ from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
 from engine import keys
+from engine.autopipe import ScriptPipeline
 from engine.errors import Conflict, Forbidden, InvalidInput, NotFound
 from engine.shapes import SHOW_COLUMNS, SHOWS_WITH_MOVIES, show_json_prefix, to_us
 
@@ -179,6 +180,8 @@ class SeatEngine:
         self.pool = pool
         self.scripts = Scripts(redis)
         self.ids = IdAllocator(self.scripts)
+        # Claims and releases of concurrent requests share one round trip.
+        self.pipeline = ScriptPipeline(redis)
 
     async def start(self) -> None:
         await self.scripts.preload(self.redis)
@@ -210,16 +213,23 @@ class SeatEngine:
     async def claim(
         self, show_id: int, user_id: int, seats: list[str], at_us: int
     ) -> tuple[list[int], int, str]:
-        """Claim seats all-or-nothing; returns (booking ids, available seats, show JSON prefix)."""
+        """Claim seats all-or-nothing; returns (booking ids, available seats, show JSON prefix).
+        The same atomic step records the claim for persistence and in the user's index."""
         if len(set(seats)) != len(seats):
             raise InvalidInput(errors={"seat_number": ["A seat appears twice."]})
         booking_ids = await self.ids.take(len(seats))
         args: list[Any] = [at_us, user_id, len(seats)]
         for seat, booking_id in zip(seats, booking_ids, strict=True):
             args += [seat, booking_id]
-        show_keys = keys.show_keys(show_id)
+        args += [show_id, keys.RECENT_TTL_S]
+        claim_keys = [
+            *keys.show_keys(show_id),
+            keys.user_recent(user_id),
+            keys.DIRTY_SHOWS,
+            *(keys.booking_show(bid) for bid in booking_ids),
+        ]
         for _ in range(3):
-            result = await self.scripts.claim_seats(keys=show_keys, args=args)
+            result = await self.pipeline(self.scripts.claim_seats, claim_keys, args)
             outcome = result[0]
             if outcome == b"ok":
                 return booking_ids, int(result[1]), result[2].decode()
@@ -246,12 +256,30 @@ class SeatEngine:
     async def release(
         self, show_id: int, booking_id: int, actor_id: int, at_us: int, *, enforce_start: bool
     ) -> tuple[BookingRecord, int, str] | None:
-        """Cancel a booking in Redis. None when Redis does not know it (ask PostgreSQL)."""
-        show_keys = keys.show_keys(show_id)
-        args = [booking_id, actor_id, at_us, 1 if enforce_start else 0]
-        for _ in range(3):
-            result = await self.scripts.release_seat(keys=show_keys, args=args)
+        """Cancel a booking in Redis. None when Redis does not know it (ask PostgreSQL). The
+        same atomic step records the cancel for persistence and in the owner's index."""
+        owner = actor_id  # an admin (actor 0) learns the owner from the first answer
+        for _ in range(4):
+            release_keys = [
+                *keys.show_keys(show_id),
+                keys.user_recent(owner),
+                keys.DIRTY_SHOWS,
+                keys.booking_show(booking_id),
+            ]
+            args = [
+                booking_id,
+                actor_id,
+                at_us,
+                1 if enforce_start else 0,
+                show_id,
+                keys.RECENT_TTL_S,
+                owner,
+            ]
+            result = await self.pipeline(self.scripts.release_seat, release_keys, args)
             outcome = result[0]
+            if outcome == b"owner":
+                owner = int(result[1])
+                continue
             if outcome == b"ok":
                 return (
                     BookingRecord.parse(booking_id, result[1]),

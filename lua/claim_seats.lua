@@ -1,9 +1,11 @@
 -- Claim one or more seats of a show, all or nothing, and record what must be persisted.
 -- KEYS: 1 meta (hash), 2 seats (set: the seats the show has), 3 held (hash seat -> booking id),
 --       4 bookings (hash booking id -> record), 5 pending (hash booking id -> record not yet in
---       PostgreSQL). All five share the show's hash tag.
+--       PostgreSQL), all five under the show's hash tag; then the global bookkeeping a claim
+--       writes in the same atomic step (one round trip per booking): 6 the user's recent index
+--       (sorted set), 7 the dirty-shows set, 8 .. 7+n where each booking lives (string).
 -- ARGV: 1 now (microseconds since the epoch: the claim's time), 2 user id, 3 seat count n,
---       then n pairs: seat label, booking id.
+--       then n pairs: seat label, booking id; then show id, TTL of the bookkeeping (seconds).
 -- Record: "user|seat|created_us|status" with status "b" (booked) or "c" (cancelled).
 -- Returns {"ok", available, show_json} or {"unloaded"} / {"gone"} / {"invalid", seat} /
 -- {"started"} / {"full"} / {"taken", seat}. Room for expiring holds: a hold would be a held
@@ -39,6 +41,8 @@ for i = 1, n do
     return {'taken', seat}
   end
 end
+local show = ARGV[4 + 2 * n]
+local ttl = ARGV[5 + 2 * n]
 for i = 1, n do
   local seat = ARGV[2 + 2 * i]
   local booking = ARGV[3 + 2 * i]
@@ -46,5 +50,10 @@ for i = 1, n do
   redis.call('HSET', KEYS[3], seat, booking)
   redis.call('HSET', KEYS[4], booking, record)
   redis.call('HSET', KEYS[5], booking, record)
+  -- The user's index entry is keys.recent_member(): "<booking>:<show>:b".
+  redis.call('ZADD', KEYS[6], ARGV[1], booking .. ':' .. show .. ':b')
+  redis.call('SET', KEYS[7 + i], show, 'EX', ttl)
 end
+redis.call('EXPIRE', KEYS[6], ttl)
+redis.call('SADD', KEYS[7], show)
 return {'ok', capacity - held - n, meta[3]}

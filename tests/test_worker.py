@@ -18,7 +18,7 @@ import pytest
 from arq import Retry
 
 from engine import keys
-from engine.persistence import LOCK_SHOW, persist_shows
+from engine.persistence import LOCK_SHOWS, persist_shows
 from engine.seats import Scripts, now_us, record
 from tests.conftest import ROOT, Api, make_show
 from worker.tasks import persist_pending
@@ -241,6 +241,25 @@ async def test_a_double_sale_refused_by_postgresql_does_not_wedge_the_batch(
     }
 
 
+async def test_a_show_postgresql_refuses_stays_pending_and_the_rest_of_the_batch_commits(
+    http: Api, pg, redis
+) -> None:
+    """The batch is written in one statement per kind; a record PostgreSQL refuses (a user it
+    does not have) must not cost the other shows their write, only its own show's."""
+    good, bad, also_good = [await make_show(pg, total_seats=5) for _ in range(3)]
+    await http.user("alice")
+    uid = await user_id(pg, "alice")
+    at = now_us()
+    await redis.hset(keys.show_keys(good)[4], "21", record(uid, "1", at, "booked"))
+    await redis.hset(keys.show_keys(bad)[4], "22", record(uid, "1", at, "booked"))
+    await redis.hset(keys.show_keys(bad)[4], "23", record(987654321, "2", at, "booked"))
+    await redis.hset(keys.show_keys(also_good)[4], "24", record(uid, "1", at, "cancelled"))
+    done = await persist_shows(redis, pg, Scripts(redis), [good, bad, also_good])
+    assert (done.shows, done.acked, sorted(done.booking_ids)) == (2, 2, [21, 24])
+    assert await statuses(pg) == {21: "booked", 24: "cancelled"}
+    assert sorted(await redis.hkeys(keys.show_keys(bad)[4])) == [b"22", b"23"]
+
+
 async def test_a_cancel_racing_persistence_shows_cancelled_at_once(
     http: Api, pg, redis, drain
 ) -> None:
@@ -252,7 +271,7 @@ async def test_a_cancel_racing_persistence_shows_cancelled_at_once(
     assert status == 201
     async with pg.acquire() as conn, conn.transaction():
         # Hold the show's persistence lock: the job reads Redis, then waits for the lock.
-        await conn.execute(LOCK_SHOW, show)
+        await conn.execute(LOCK_SHOWS, [show])
         job = asyncio.create_task(persist_shows(redis, pg, Scripts(redis), [show]))
         await asyncio.sleep(0.2)
         assert not job.done()
@@ -281,7 +300,7 @@ async def test_a_job_whose_postgresql_connection_dies_is_retried(
     ctx = {"redis": redis, "pg_pool": pool, "scripts": Scripts(redis), "job_try": 1}
     try:
         async with pg.acquire() as conn, conn.transaction():
-            await conn.execute(LOCK_SHOW, show)  # the job's write waits here
+            await conn.execute(LOCK_SHOWS, [show])  # the job's write waits here
             job = asyncio.create_task(persist_pending(ctx))
             await asyncio.sleep(0.2)
             killed = await conn.fetchval(
@@ -298,3 +317,43 @@ async def test_a_job_whose_postgresql_connection_dies_is_retried(
     assert int(await redis.sismember(keys.DIRTY_SHOWS, show)) == 1  # for the retry to find
     await drain()
     assert await statuses(pg, show) == {mine["id"]: "booked"}
+
+
+async def test_bookkeeping_of_books_and_cancels_is_gone_once_persisted(
+    http: Api, pg, redis, drain
+) -> None:
+    """The claim and release scripts index a change for the user and record where the booking
+    lives in the same atomic step as the change; once PostgreSQL has it, all of it is gone, even
+    when the worker persists while bookings and cancels (the owner's and an admin's) go on."""
+    show = await make_show(pg, total_seats=40)
+    alice = await http.user("alice")
+    root = await http.admin(pg)
+    uid = await user_id(pg, "alice")
+    made = [
+        body["id"] for status, body in [await book(http, alice, show, str(s)) for s in range(1, 31)]
+    ]
+    scripts = Scripts(redis)
+    stop = asyncio.Event()
+
+    async def persist_meanwhile() -> None:
+        while not stop.is_set():
+            await persist_shows(redis, pg, scripts, [show])
+            await asyncio.sleep(0)
+
+    persister = asyncio.create_task(persist_meanwhile())
+    answers = await asyncio.gather(
+        *(cancel(http, alice, bid) for bid in made[:10]),
+        *(http.post(f"/api/admin/bookings/{bid}/cancel/", token=root) for bid in made[10:20]),
+        *(book(http, alice, show, str(s)) for s in range(31, 41)),
+    )
+    stop.set()
+    await persister
+    assert [status for status, _ in answers] == [200] * 20 + [201] * 10
+    await drain()
+    everything = made + [body["id"] for _, body in answers[20:]]
+    assert await statuses(pg, show) == {
+        bid: "cancelled" if bid in made[:20] else "booked" for bid in everything
+    }
+    assert await redis.exists(*(keys.booking_show(bid) for bid in everything)) == 0
+    assert await redis.zcard(keys.user_recent(uid)) == 0
+    assert await redis.hlen(keys.show_keys(show)[4]) == 0

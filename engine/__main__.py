@@ -220,11 +220,8 @@ def cmd_stop_embedded(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_loadtest(settings: Settings, args: argparse.Namespace) -> int:
     """Drive a server that speaks the contract; print figures, verify, exit 1 if broken."""
-    from engine.loadtest import Config, run
+    from engine.loadtest import Config, config_problem, run
 
-    if (args.requests is None) == (args.duration is None):
-        print("error: give exactly one of --requests and --duration", file=sys.stderr)
-        return 2
     config = Config(
         url=args.url,
         scenario=args.scenario,
@@ -242,7 +239,13 @@ def cmd_loadtest(settings: Settings, args: argparse.Namespace) -> int:
         auth_url=args.auth_url,
         database_url=args.database_url,
         json_path=args.json,
+        plot_path=args.plot,
+        client_ceiling=args.client_ceiling,
     )
+    problem = config_problem(config)  # before anything is sent
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     _use_uvloop()
     code, _ = asyncio.run(run(config))
     return code
@@ -272,7 +275,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub.add_parser("reconcile", help="repair differences between Redis and PostgreSQL")
     sub.add_parser("stop-embedded", help="stop the embedded PostgreSQL and Redis servers")
     lt = sub.add_parser("loadtest", help="load-test a server that speaks the contract")
-    lt.add_argument("--url", required=True, help="base URL, e.g. http://127.0.0.1:8000")
+    lt.add_argument(
+        "--url", required=True, help="base URL, e.g. http://127.0.0.1:8000 (http only, no https)"
+    )
     lt.add_argument("--scenario", choices=("flash", "spread", "mixed", "login"), default="flash")
     lt.add_argument("--requests", type=int, help="request budget")
     lt.add_argument("--duration", type=float, help="seconds to run (instead of --requests)")
@@ -289,15 +294,38 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     lt.add_argument("--seats", type=int, help="seats per created show (flash 1000, spread 200)")
     lt.add_argument("--shows", type=int, help="shows to create (flash 1, spread 50, mixed 10)")
-    lt.add_argument("--auth-url", help="where to sign up and log in users (default --url)")
+    lt.add_argument(
+        "--auth-url", help="where to sign up and log in users (default --url; http only)"
+    )
     lt.add_argument("--database-url", help="also verify the bookings in this PostgreSQL")
     lt.add_argument("--json", help="write every figure to this file")
+    lt.add_argument(
+        "--plot",
+        metavar="FILE.png",
+        help="draw throughput and latency percentiles over time (needs the [plot] extra)",
+    )
+    lt.add_argument(
+        "--no-client-ceiling",
+        dest="client_ceiling",
+        action="store_false",
+        help="skip measuring the client's own ceiling (~2 s against a trivial local endpoint)",
+    )
     bn = sub.add_parser("bench", help="flash and spread: the bare claim ceiling vs our engine")
     bn.add_argument("--flash-requests", type=int, default=10000)
     bn.add_argument("--flash-seats", type=int, default=1000)
-    bn.add_argument("--spread-requests", type=int, default=5000)
+    bn.add_argument("--spread-requests", type=int, default=20000)
     bn.add_argument("--concurrency", type=int, default=50)
     bn.add_argument("--users", type=int, default=50)
+    bn.add_argument(
+        "--workers", type=int, nargs="+", default=[1, 2], help="API processes to bench with"
+    )
+    bn.add_argument("--plot-dir", help="where to draw each run (default .data-bench/bench-plots)")
+    bn.add_argument(
+        "--soak",
+        type=int,
+        metavar="N",
+        help="instead: N requests of the mixed scenario, sampling the API's RSS and Redis memory",
+    )
     bn.add_argument("--json", help="write every figure to this file")
     args = parser.parse_args(argv)
 

@@ -49,6 +49,7 @@ async def _pools(app: web.Application) -> AsyncIterator[None]:
     )
     yield
     await app[appkeys.PERSIST].close()
+    await seats.close()
     await redis.aclose()
     await pool.close()
 

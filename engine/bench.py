@@ -68,6 +68,7 @@ def ceiling_app(settings: Settings) -> web.Application:
             settings.jwt_secret, settings.access_ttl_s, settings.refresh_ttl_s, 10
         )
         yield
+        await seats.close()
         await redis.aclose()
         await pool.close()
 

@@ -183,6 +183,9 @@ class SeatEngine:
         # Claims and releases of concurrent requests share one round trip.
         self.pipeline = ScriptPipeline(redis)
 
+    async def close(self) -> None:
+        await self.pipeline.aclose()
+
     async def start(self) -> None:
         await self.scripts.preload(self.redis)
         self.ids.raise_floor(int(await self.pool.fetchval(SELECT_MAX_BOOKING_ID)))

@@ -21,10 +21,11 @@ MAX_ID = 2**53
 
 
 @pytest.fixture
-async def engine(pg: asyncpg.Pool, redis) -> SeatEngine:
+async def engine(pg: asyncpg.Pool, redis) -> AsyncIterator[SeatEngine]:
     seats = SeatEngine(redis, pg)
     await seats.start()
-    return seats
+    yield seats
+    await seats.close()
 
 
 async def make_user(pg: asyncpg.Pool, name: str) -> int:

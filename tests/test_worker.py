@@ -357,3 +357,21 @@ async def test_bookkeeping_of_books_and_cancels_is_gone_once_persisted(
     assert await redis.exists(*(keys.booking_show(bid) for bid in everything)) == 0
     assert await redis.zcard(keys.user_recent(uid)) == 0
     assert await redis.hlen(keys.show_keys(show)[4]) == 0
+
+
+async def test_a_booking_cancelled_before_it_was_persisted_leaves_no_index_entry(
+    http: Api, pg, redis, drain
+) -> None:
+    """Its booked state is never written on its own: persisting the cancel removes the booked
+    entry from the user's index too (it would otherwise stay for the index's TTL)."""
+    show = await make_show(pg, total_seats=5)
+    alice = await http.user("alice")
+    uid = await user_id(pg, "alice")
+    _, kept = await book(http, alice, show, "1")
+    _, gone = await book(http, alice, show, "2")
+    status, _ = await cancel(http, alice, gone["id"])
+    assert status == 200
+    assert await redis.zcard(keys.user_recent(uid)) == 3  # kept:b, gone:b, gone:c
+    await drain()
+    assert await statuses(pg, show) == {kept["id"]: "booked", gone["id"]: "cancelled"}
+    assert await redis.exists(keys.user_recent(uid)) == 0

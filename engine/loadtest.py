@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
+import contextlib
 import importlib.util
 import json
 import math
@@ -45,6 +47,9 @@ import orjson
 from engine.jsonutil import dumps
 
 PASSWORD_PREFIX = "lt-pass-"
+# Access tokens are renewed this long before they expire, during and after a run.
+TOKEN_MARGIN_S = 60.0
+TOKEN_CHECK_EVERY_S = 5.0
 SCENARIOS = ("flash", "spread", "mixed", "login")
 DEFAULT_SEATS = {"flash": 1000, "spread": 200, "mixed": 200, "login": 0}
 DEFAULT_SHOWS = {"flash": 1, "spread": 50, "mixed": 10, "login": 0}
@@ -435,10 +440,26 @@ class User:
     token: str
     bookings: list[tuple[int, int, str]] = field(default_factory=list)  # (id, show, seat)
     password: str = ""
+    refresh: str = ""
 
     def __post_init__(self) -> None:
-        self.auth = f"Authorization: Bearer {self.token}\r\n".encode()
+        self.set_tokens(self.token, self.refresh)
         self.login_body = dumps({"username": self.name, "password": self.password})
+
+    def set_tokens(self, access: str, refresh: str) -> None:
+        self.token, self.refresh = access, refresh
+        self.auth = f"Authorization: Bearer {access}\r\n".encode()
+        self.expires = token_expiry(access)
+
+
+def token_expiry(token: str) -> float:
+    """The `exp` of a JWT (read, not verified: the server verifies it); inf if it has none."""
+    try:
+        payload = token.split(".")[1]
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+        return float(claims["exp"])
+    except (IndexError, ValueError, KeyError, TypeError):
+        return float("inf")
 
 
 @dataclass
@@ -562,10 +583,40 @@ class Harness:
             return data
 
     async def login(self, name: str, password: str) -> str:
+        return (await self.login_pair(name, password))[0]
+
+    async def login_pair(self, name: str, password: str) -> tuple[str, str]:
         body = await self._post(
             self.auth_url, "/api/auth/login/", {"username": name, "password": password}
         )
-        return str(body["access"])
+        return str(body["access"]), str(body.get("refresh", ""))
+
+    async def refresh_tokens(self) -> None:
+        """Renew the access tokens that expire within TOKEN_MARGIN_S (a run longer than their
+        lifetime must not turn into 401s): by refresh token, or by logging in again."""
+        due = [u for u in self.users if u.expires - time.time() < TOKEN_MARGIN_S]
+        sem = asyncio.Semaphore(8)
+
+        async def renew(user: User) -> None:
+            async with sem:
+                try:
+                    body = await self._post(
+                        self.auth_url, "/api/auth/token/refresh/", {"refresh": user.refresh}
+                    )
+                    user.set_tokens(str(body["access"]), str(body.get("refresh", user.refresh)))
+                except (SetupError, aiohttp.ClientError, OSError, KeyError, TypeError):
+                    user.set_tokens(*await self.login_pair(user.name, user.password))
+
+        await asyncio.gather(*(renew(u) for u in due))
+
+    async def keep_tokens_fresh(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                await self.refresh_tokens()
+            except (SetupError, aiohttp.ClientError, OSError) as exc:
+                self.notes.append(f"could not renew access tokens: {exc}")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), TOKEN_CHECK_EVERY_S)
 
     async def make_users(self) -> None:
         suffix = os.urandom(3).hex()
@@ -580,8 +631,8 @@ class Harness:
                     "/api/auth/signup/",
                     {"username": name, "email": f"{name}@example.com", "password": password},
                 )
-                token = await self.login(name, password)
-            return User(int(body["id"]), name, token, password=password)
+                access, refresh = await self.login_pair(name, password)
+            return User(int(body["id"]), name, access, password=password, refresh=refresh)
 
         self.users = list(await asyncio.gather(*(one(i) for i in range(self.cfg.users))))
 
@@ -794,7 +845,10 @@ class Harness:
         cpu0, self.t0 = time.process_time(), time.perf_counter()
         if self.cfg.duration is not None:
             self.deadline = time.monotonic() + self.cfg.duration
-        side = [asyncio.create_task(self.progress(stop))]
+        side = [
+            asyncio.create_task(self.progress(stop)),
+            asyncio.create_task(self.keep_tokens_fresh(stop)),
+        ]
         if self.cfg.scenario == "login":
             side.append(asyncio.create_task(self.health_probe(stop)))
         await asyncio.gather(*(self.worker() for _ in range(self.cfg.concurrency)))
@@ -1358,6 +1412,7 @@ async def run(cfg: Config) -> tuple[int, dict[str, Any]]:
         lag = await h.persistence_lag() if cfg.scenario != "login" else None
         if cfg.on_clock:
             cfg.on_clock("drained")
+        await h.refresh_tokens()  # the run may have outlived them
         problems, checked = await h.verify()
     fig = summarise(h, wall, cpu, lag, ceiling)
     fig["verified"] = checked

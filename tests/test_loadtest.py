@@ -553,3 +553,28 @@ async def test_client_ceiling_is_measured_and_reported(
     assert 0 < fig["client_ceiling_share_used"] < 1
     assert "client ceiling: " in out and "at concurrency 20 against a trivial endpoint" in out
     assert "share of the client ceiling used" in out
+
+
+async def test_a_run_longer_than_the_access_tokens_renews_them(
+    settings: Settings, pg: asyncpg.Pool, http: Api, persister: None, monkeypatch: Any
+) -> None:
+    """Tokens that expire during the run (2 s here, no leeway) are renewed by refresh token
+    before they do: no 401s, and the verification after the run works too."""
+    from engine import loadtest
+    from engine.app import create_app
+
+    monkeypatch.setattr(loadtest, "TOKEN_MARGIN_S", 1.0)
+    monkeypatch.setattr(loadtest, "TOKEN_CHECK_EVERY_S", 0.2)
+    runner = web.AppRunner(create_app(settings.with_(access_ttl_s=2, jwt_leeway_s=0)))
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+        cfg = await admin_config(http, pg, url, scenario="mixed", duration=4.0, users=5)
+        code, fig = await run(cfg)
+    finally:
+        await runner.cleanup()
+    assert code == 0, output(cfg)
+    assert fig["errors"] == 0, fig["errors_by_status"]
+    assert fig["bookings_201"] > 0 and fig["wall_s"] >= 4.0

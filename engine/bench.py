@@ -36,6 +36,7 @@ from urllib.parse import urlparse, urlunparse
 import asyncpg
 from aiohttp import web
 
+from engine import keys
 from engine.auth import TokenService
 from engine.errors import Conflict, InvalidInput, NotFound, Unauthorized
 from engine.jsonutil import json_response
@@ -643,7 +644,20 @@ async def _redis_memory(url: str) -> dict[str, int]:
             async for _ in client.scan_iter(match=pattern, count=1000):
                 n += 1
             counts[pattern] = n
-        return {"used_memory": int(info["used_memory"]), **counts}
+        # What the shows' own state takes: their seat sets, and the holds and bookings.
+        seat_sets = booking_state = 0
+        async for key in client.scan_iter(match=f"{keys.SHOW_PREFIX}*", count=1000):
+            size = int(await client.memory_usage(key, samples=0) or 0)
+            if key.endswith(b":seats"):
+                seat_sets += size
+            else:
+                booking_state += size
+        return {
+            "used_memory": int(info["used_memory"]),
+            "seat_sets": seat_sets,
+            "booking_state": booking_state,
+            **counts,
+        }
     finally:
         await client.aclose()
 
@@ -721,10 +735,17 @@ def soak(args: argparse.Namespace) -> int:
         if rss
         else "API process RSS: not sampled"
     )
+    shows = (
+        after["seat_sets"] + after["booking_state"] - before["seat_sets"] - before["booking_state"]
+    )
     print(
         f"Redis used_memory: before {before['used_memory'] / 1e6:.1f} MB, after the run and "
-        f"the drain {after['used_memory'] / 1e6:.1f} MB: +{grown / 1e6:.1f} MB for {live} live "
-        f"bookings ({grown / max(live, 1):.0f} bytes each)"
+        f"the drain {after['used_memory'] / 1e6:.1f} MB (+{grown / 1e6:.1f} MB). Of that, the "
+        f"{SOAK_SHOWS} shows' seat sets ({SOAK_SHOWS * SOAK_SEATS} seats) take "
+        f"{(after['seat_sets'] - before['seat_sets']) / 1e6:.1f} MB and their holds and "
+        f"bookings {(after['booking_state'] - before['booking_state']) / 1e6:.1f} MB for {live}"
+        f" live bookings ({(after['booking_state'] - before['booking_state']) / max(live, 1):.0f}"
+        f" bytes each); everything else {(grown - shows) / 1e6:+.1f} MB"
     )
     print(
         f"Redis bookkeeping left after the drain: {after['user:*:recent']} recent-index keys, "

@@ -578,3 +578,21 @@ async def test_a_run_longer_than_the_access_tokens_renews_them(
     assert code == 0, output(cfg)
     assert fig["errors"] == 0, fig["errors_by_status"]
     assert fig["bookings_201"] > 0 and fig["wall_s"] >= 4.0
+
+
+async def test_a_database_it_cannot_check_is_reported_not_a_traceback(
+    server: str, pg: asyncpg.Pool, http: Api, persister: None, settings: Settings
+) -> None:
+    """A --database-url without the bookings table (or unreachable): the run's figures are
+    printed, the check is reported as not made, and the exit code is 2."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    wrong = urlunsplit(urlsplit(settings.database_url)._replace(path="/postgres"))
+    cfg = await admin_config(
+        http, pg, server, scenario="flash", requests=200, seats=20, database_url=wrong
+    )
+    code, fig = await run(cfg)
+    assert code == 2
+    assert fig["requests"] == 200 and not fig["problems"]
+    assert "NOT VERIFIED: could not check in PostgreSQL" in output(cfg)
+    assert "requests/s" in output(cfg)

@@ -36,7 +36,7 @@ def redis_client(url: str, *, max_connections: int = 64) -> ArqRedis:
 
 async def _pools(app: web.Application) -> AsyncIterator[None]:
     settings = app[appkeys.SETTINGS]
-    pool = await db.create_pool(settings.database_url, min_size=1, max_size=10)
+    pool = await db.create_pool(settings.database_url, min_size=1, max_size=10, name="booking-api")
     redis = redis_client(settings.redis_url)
     seats = SeatEngine(redis, pool)
     await seats.start()

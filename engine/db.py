@@ -23,8 +23,17 @@ SELECT_APPLIED = "SELECT name FROM schema_migrations"
 INSERT_APPLIED = "INSERT INTO schema_migrations (name) VALUES ($1)"
 
 
-async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
-    pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, command_timeout=10)
+async def create_pool(
+    dsn: str, *, min_size: int = 1, max_size: int = 10, name: str = "booking"
+) -> asyncpg.Pool:
+    """`name` is the connections' application_name (who is who in pg_stat_activity)."""
+    pool = await asyncpg.create_pool(
+        dsn,
+        min_size=min_size,
+        max_size=max_size,
+        command_timeout=10,
+        server_settings={"application_name": name},
+    )
     assert pool is not None
     return pool
 

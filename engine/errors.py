@@ -81,8 +81,10 @@ DEPENDENCY_ERRORS: tuple[type[BaseException], ...] = (
     redis.exceptions.ConnectionError,
     redis.exceptions.TimeoutError,
     asyncpg.PostgresConnectionError,
-    # A connection that dies inside a transaction surfaces as "the connection is closed".
+    # A connection that dies inside a transaction surfaces as "the connection is closed", or,
+    # when PostgreSQL terminates it mid-query, as "cannot switch to state ...".
     asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
     asyncpg.OperatorInterventionError,
     asyncpg.InsufficientResourcesError,
 )

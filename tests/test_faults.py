@@ -280,3 +280,35 @@ async def test_a_postgresql_connection_killed_mid_transaction_is_503_not_500(
     assert status == 200, body
     status, body = await book(http, alice, show, "1")
     assert status == 201, body
+
+
+async def test_postgresql_terminating_the_api_connections_under_load_is_never_a_500(
+    http: Api, pg: asyncpg.Pool
+) -> None:
+    """A fast restart or a failover terminates every backend, often mid-query; asyncpg then
+    reports a connection in an impossible state. Every answer must be 200 or a 503."""
+    tokens = [await http.user(f"pgkill{i}") for i in range(10)]
+    statuses: dict[int, int] = {}
+    stop = asyncio.Event()
+
+    async def client(token: str) -> None:
+        while not stop.is_set():
+            status, _ = await http.get("/api/my-bookings/", token=token)
+            statuses[status] = statuses.get(status, 0) + 1
+
+    clients = [asyncio.create_task(client(t)) for t in tokens * 3]
+    killed = 0
+    async with pg.acquire() as conn:
+        for _ in range(15):
+            await asyncio.sleep(0.1)
+            killed += await conn.fetchval(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                " WHERE application_name = 'booking-api'"
+            )
+    stop.set()
+    await asyncio.gather(*clients)
+    assert killed > 0
+    assert set(statuses) <= {200, 503}, statuses
+    assert statuses.get(200, 0) > 0
+    status, _ = await http.get("/api/my-bookings/", token=tokens[0])
+    assert status == 200

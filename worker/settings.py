@@ -21,7 +21,9 @@ JOB_TIMEOUT_S = 10
 async def startup(ctx: dict[str, Any]) -> None:
     settings: Settings = ctx.get("settings") or load_settings()
     ctx["settings"] = settings
-    ctx["pg_pool"] = await create_pool(settings.database_url, min_size=1, max_size=4)
+    ctx["pg_pool"] = await create_pool(
+        settings.database_url, min_size=1, max_size=4, name="booking-worker"
+    )
     ctx["scripts"] = Scripts(ctx["redis"])
 
 

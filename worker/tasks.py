@@ -28,6 +28,7 @@ TRANSIENT = (
     ConnectionError,
     asyncpg.PostgresConnectionError,
     asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
     asyncpg.DeadlockDetectedError,
     asyncpg.SerializationError,
     asyncpg.CannotConnectNowError,

@@ -415,6 +415,9 @@ def targets_report(results: Results) -> list[str]:
 # --- running it -------------------------------------------------------------------------------
 
 
+BENCH_MARK = ".bench-data"
+
+
 def _fresh_data_dir(data_dir: Path) -> None:
     """Embedded servers from scratch, so that every bench starts from the same empty state."""
     from engine.embedded import stop_embedded
@@ -425,18 +428,65 @@ def _fresh_data_dir(data_dir: Path) -> None:
     while redis_pid and Path(f"/proc/{redis_pid}").exists() and time.monotonic() < deadline:
         time.sleep(0.05)
     shutil.rmtree(data_dir, ignore_errors=True)
+    data_dir.mkdir(parents=True)
+    (data_dir / BENCH_MARK).write_text("make bench's own data: emptied by every bench run\n")
+
+
+def bench_data_dir(env: dict[str, str]) -> Path:
+    """BENCH_DATA_DIR, or .data-bench: never BOOKING_DATA_DIR, the application's own data."""
+    return Path(env.get("BENCH_DATA_DIR") or ROOT / ".data-bench").resolve()
+
+
+def data_dir_problem(data_dir: Path) -> str | None:
+    """The bench empties its data directory: only one it made (or an empty or new one)."""
+    default = (ROOT / ".data-bench").resolve()
+    if data_dir == default or not data_dir.exists() or (data_dir / BENCH_MARK).exists():
+        return None
+    if data_dir.is_dir() and not any(data_dir.iterdir()):
+        return None
+    return (
+        f"BENCH_DATA_DIR {data_dir} is not a bench data directory (no {BENCH_MARK} in it), and "
+        "the bench empties it: give a new or empty directory"
+    )
 
 
 def _setup(env: dict[str, str]) -> Settings:
     from engine.db import migrate
 
-    data_dir = Path(env.get("BOOKING_DATA_DIR") or ROOT / ".data-bench").resolve()
+    data_dir = bench_data_dir(env)
     env["BOOKING_DATA_DIR"] = str(data_dir)
     if not env.get("DATABASE_URL") and not env.get("REDIS_URL"):
         _fresh_data_dir(data_dir)
     settings = load_settings(env)
     asyncio.run(migrate(settings.database_url))
     return settings
+
+
+def args_problem(args: argparse.Namespace) -> str | None:
+    """Why these bench arguments cannot run (before any process starts), or None."""
+    positive = {
+        "--flash-requests": args.flash_requests,
+        "--flash-seats": args.flash_seats,
+        "--spread-requests": args.spread_requests,
+        "--concurrency": args.concurrency,
+        "--users": args.users,
+        "--soak": args.soak if args.soak is not None else 1,
+    }
+    for name, value in positive.items():
+        if value < 1:
+            return f"{name} must be at least 1"
+    if any(n < 1 for n in args.workers):
+        return "--workers must be at least 1"
+    from engine.loadtest import unwritable
+
+    if args.json and (problem := unwritable(args.json)):
+        return f"--json {args.json}: {problem}"
+    if args.plot_dir:
+        try:
+            Path(args.plot_dir).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            return f"--plot-dir {args.plot_dir}: {exc.strerror or exc}"
+    return data_dir_problem(bench_data_dir(dict(os.environ)))
 
 
 def _child_env(env: dict[str, str], settings: Settings) -> dict[str, str]:
@@ -549,6 +599,10 @@ async def _scenarios(
 
 
 def bench(args: argparse.Namespace) -> int:
+    problem = args_problem(args)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     if args.soak:
         return soak(args)
     from engine.loadtest import measure_client_ceiling

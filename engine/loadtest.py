@@ -120,7 +120,7 @@ def parse_endpoint(url: str) -> Endpoint:
     """An http:// base URL; ValueError for anything else (https is not supported)."""
     parts = urlsplit(url)
     if parts.scheme != "http":
-        raise ValueError(f"{url!r}: only http:// URLs are supported (no https)")
+        raise ValueError(f"{url!r} is not an http:// URL (https is not supported)")
     if not parts.hostname:
         raise ValueError(f"{url!r}: no host")
     netloc = parts.netloc.rpartition("@")[2]
@@ -638,6 +638,13 @@ class Harness:
 
         self.users = list(await asyncio.gather(*(one(i) for i in range(self.cfg.users))))
 
+    async def serves_catalog(self) -> bool:
+        """Whether the server has the contract's catalog (a 404 for a show then means no such
+        show, not a server that only books, like make bench's ceiling)."""
+        async with self.session.get(f"{self.url}/api/movies/") as resp:
+            await resp.read()
+            return resp.status == 200
+
     async def make_catalog(self) -> None:
         cfg = self.cfg
         if cfg.scenario == "login":
@@ -655,6 +662,8 @@ class Harness:
                 # Existing shows are assumed to have numbered seats "1".."N".
                 labels = [str(i) for i in range(1, total + 1)]
                 self.shows.append(Show(show_id, total, labels, cfg.own_shows))
+            if unknown and await self.serves_catalog():
+                raise SetupError(f"no such show: {', '.join(map(str, unknown))}")
             if unknown:
                 self.notes.append(
                     f"GET /api/shows/{{id}}/ not served for {len(unknown)} show(s): assumed "
@@ -1366,6 +1375,19 @@ def print_table(fig: dict[str, Any], out: TextIO) -> None:
         )
 
 
+def unwritable(path: str) -> str | None:
+    """Why a file cannot be written at this path (checked before the run), or None."""
+    target = Path(path)
+    if target.is_dir():
+        return "is a directory"
+    parent = target.parent
+    if not parent.is_dir():
+        return f"no such directory {str(parent)!r}"
+    if not os.access(parent, os.W_OK) or (target.exists() and not os.access(target, os.W_OK)):
+        return "not writable"
+    return None
+
+
 def config_problem(cfg: Config) -> str | None:
     """Why this configuration cannot run (before anything is sent), or None."""
     if cfg.scenario not in SCENARIOS:
@@ -1374,6 +1396,22 @@ def config_problem(cfg: Config) -> str | None:
         return "give exactly one of --requests and --duration"
     if cfg.concurrency < 1:
         return "--concurrency must be at least 1"
+    if cfg.requests is not None and cfg.requests < 1:
+        return "--requests must be at least 1"
+    if cfg.duration is not None and not cfg.duration > 0:
+        return "--duration must be more than 0 seconds"
+    for name, value in (
+        ("--users", cfg.users),
+        ("--shows", cfg.show_count),
+        ("--seats", cfg.seats),
+    ):
+        if value is not None and value < 1:
+            return f"{name} must be at least 1"
+    for name, path in (("--json", cfg.json_path), ("--plot", cfg.plot_path)):
+        if path:
+            problem = unwritable(path)
+            if problem:
+                return f"{name} {path}: {problem}"
     for url in (cfg.url, cfg.auth_url):
         if url is not None:
             try:

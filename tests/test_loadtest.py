@@ -596,3 +596,30 @@ async def test_a_database_it_cannot_check_is_reported_not_a_traceback(
     assert fig["requests"] == 200 and not fig["problems"]
     assert "NOT VERIFIED: could not check in PostgreSQL" in output(cfg)
     assert "requests/s" in output(cfg)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--requests", "0"], "--requests must be at least 1"),
+        (["--duration", "-1"], "--duration must be more than 0"),
+        (["--requests", "5", "--users", "0"], "--users must be at least 1"),
+        (["--requests", "5", "--shows", "-2"], "--shows must be at least 1"),
+        (["--requests", "5", "--seats", "0"], "--seats must be at least 1"),
+        (["--requests", "5", "--json", "/proc/nope/x.json"], "--json /proc/nope/x.json: no such"),
+        (["--requests", "5", "--plot", "/"], "--plot /: is a directory"),
+    ],
+)
+def test_cli_refuses_bad_arguments_before_sending_anything(args: list[str], message: str) -> None:
+    # The URL answers nothing: a refusal must come before the run ever tries it.
+    done = cli("--url", "http://127.0.0.1:1", *args)
+    assert done.returncode == 2, done.stderr
+    assert message in done.stderr and "Traceback" not in done.stderr
+
+
+async def test_an_unknown_show_on_a_contract_server_is_refused(
+    server: str, pg: asyncpg.Pool, http: Api
+) -> None:
+    cfg = await admin_config(http, pg, server, scenario="spread", requests=10, shows=[10**9])
+    code, _ = await run(cfg)
+    assert code == 2

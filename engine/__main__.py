@@ -190,7 +190,7 @@ async def _reconcile_main(settings: Settings, *, repair: bool) -> int:
             for diff in report.differences:
                 print(diff.describe())
             print(report.summary())
-            return 1 if report.differences else 0
+            return 1 if report.differences or report.stuck else 0
         repaired = await reconcile.repair(redis, pool, Scripts(redis), report.differences)
         for line in repaired:
             print(line)
@@ -202,7 +202,8 @@ async def _reconcile_main(settings: Settings, *, repair: bool) -> int:
 
 
 def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
-    """Print each difference between Redis and PostgreSQL; exit 1 if there is any."""
+    """Print each difference between Redis and PostgreSQL; exit 1 if there is any (or if a
+    booking has been pending for over STUCK_AFTER_S)."""
     return asyncio.run(_reconcile_main(settings, repair=False))
 
 

@@ -189,27 +189,46 @@ async def _write_show(conn: asyncpg.Connection, show_id: int, records: list[Book
 REFUSED = (asyncpg.IntegrityConstraintViolationError, asyncpg.DataError)
 
 
-async def _write(pool: asyncpg.Pool, work: list[tuple[int, list[BookingRecord]]]) -> list[int]:
-    """Commit the records; returns the shows written. One transaction for the whole batch; if
-    PostgreSQL refuses it, show by show, leaving the refused shows pending (logged on every
-    reconcile) rather than blocking every other show."""
+async def _write(
+    pool: asyncpg.Pool, work: list[tuple[int, list[BookingRecord]]]
+) -> dict[int, list[BookingRecord]]:
+    """Commit the records; returns those written, by show. One transaction for the whole batch;
+    if PostgreSQL refuses it, show by show, and within a refused show record by record: only a
+    record PostgreSQL still refuses (its user or show deleted behind the engine's back, say)
+    stays pending, logged on every try, rather than blocking the rest of its show."""
     async with pool.acquire() as conn:
         try:
             async with conn.transaction():
                 await _write_shows(conn, work)
-            return [show_id for show_id, _ in work]
+            return dict(work)
         except REFUSED:
             pass
-        written: list[int] = []
+        written: dict[int, list[BookingRecord]] = {}
         async with conn.transaction():
             for show_id, records in sorted(work, key=lambda w: w[0]):
                 try:
                     async with conn.transaction():
                         await _write_show(conn, show_id, records)
-                except REFUSED as exc:
-                    log.error("cannot persist show %s: %s", show_id, exc)
+                    written[show_id] = records
                     continue
-                written.append(show_id)
+                except REFUSED:
+                    pass
+                done = []
+                for r in sorted(records, key=lambda r: (r.status != "cancelled", r.booking_id)):
+                    try:
+                        async with conn.transaction():
+                            await _write_show(conn, show_id, [r])
+                        done.append(r)
+                    except REFUSED as exc:
+                        log.error(
+                            "cannot persist booking %s of show %s (user %s): %s",
+                            r.booking_id,
+                            show_id,
+                            r.user_id,
+                            exc,
+                        )
+                if done:
+                    written[show_id] = done
         return written
 
 
@@ -234,18 +253,17 @@ async def persist_shows(
     written = await _write(pool, [(show_id, records) for show_id, (_, records) in work.items()])
     # Committed: forget what did not change since it was read (one script call per show).
     async with redis.pipeline(transaction=False) as pipe:
-        for show_id in written:
-            raw, records = work[show_id]
+        for show_id, records in written.items():
+            read = work[show_id][0]
             show_keys = keys.show_keys(show_id)
             ack_keys = [show_keys[3], show_keys[4]]
             args: list[Any] = [show_id]
-            for r, rec in zip(records, raw.values(), strict=True):
+            for r in records:
                 ack_keys += [keys.user_recent(r.user_id), keys.booking_show(r.booking_id)]
-                args += [r.booking_id, rec]
+                args += [r.booking_id, read[str(r.booking_id).encode()]]
             await scripts.ack_persisted(keys=ack_keys, args=args, client=pipe)
         replies = await pipe.execute()
-    for show_id, acked in zip(written, replies, strict=True):
-        records = work[show_id][1]
+    for (_, records), acked in zip(written.items(), replies, strict=True):
         result.shows += 1
         result.records += len(records)
         result.booking_ids += [r.booking_id for r in records]

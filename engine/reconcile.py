@@ -119,6 +119,10 @@ class Difference:
         )
 
 
+# A booking this long in Redis without reaching PostgreSQL makes `check` fail (exit 1).
+STUCK_AFTER_S = 300.0
+
+
 @dataclass
 class Report:
     """What a check found: the differences, and what is legitimately still in flight."""
@@ -127,6 +131,9 @@ class Report:
     shows_checked: int = 0
     pending: int = 0
     oldest_pending_us: int | None = None
+    # Booked records pending for over STUCK_AFTER_S: persistence is not keeping up, or
+    # PostgreSQL refuses them (the worker's log says why).
+    stuck: int = 0
 
     def oldest_pending_age_s(self, at_us: int | None = None) -> float | None:
         if self.oldest_pending_us is None:
@@ -142,7 +149,13 @@ class Report:
             f"{'s' if self.pending != 1 else ''} pending"
         )
         age = self.oldest_pending_age_s()
-        return line + (f" (oldest {age:.1f} s)" if age is not None else "")
+        line += f" (oldest {age:.1f} s)" if age is not None else ""
+        if self.stuck:
+            line += (
+                f"; {self.stuck} booking{'s' if self.stuck != 1 else ''} pending for over "
+                f"{STUCK_AFTER_S:.0f} s: persistence is stuck (see the worker's log)"
+            )
+        return line
 
 
 @dataclass
@@ -267,11 +280,15 @@ async def check(
         rows[row["show_id"]][row["id"]] = row
     second = await _snapshot(redis, list(first))
     cutoff = now_us() - int(older_than_s * 1_000_000)
+    stuck_before = now_us() - int(STUCK_AFTER_S * 1_000_000)
     for show_id, snap in second.items():
         report.shows_checked += 1
         for raw in snap.pending.values():
-            created = BookingRecord.parse(0, raw).created_us
+            parsed = BookingRecord.parse(0, raw)
+            created = parsed.created_us
             report.pending += 1
+            if parsed.status == "booked" and created < stuck_before:
+                report.stuck += 1
             if report.oldest_pending_us is None or created < report.oldest_pending_us:
                 report.oldest_pending_us = created
         earlier = {d.identity for d in _compare(show_id, first[show_id], rows[show_id], wanted)}

@@ -5,6 +5,7 @@ afterwards is right. What is merely in flight (pending records) is never a diffe
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sys
 import time
@@ -302,3 +303,25 @@ async def test_the_cron_sweeps_loaded_shows_newest_first_within_a_budget_per_tic
         repaired = [s for s in shows if await booked_in_pg(pg, s) == {"1": lost[s]}]
         assert repaired == shows[len(shows) - 1 - tick :], f"tick {tick}"
         assert newest in repaired
+
+
+async def test_check_fails_on_a_booking_persistence_cannot_write(
+    http: Api, pg: asyncpg.Pool, redis: Any, settings: Any, drain: Any
+) -> None:
+    """A pending booking PostgreSQL refuses (its user deleted behind the engine's back) is not
+    a difference between the two stores, but once it has waited long, `check` says so and
+    fails, and the rest of its show is persisted all the same."""
+    show = await make_show(pg, total_seats=SHOW_SEATS)
+    alice = await http.user("alice")
+    status, fine = await book(http, alice, show, "1")
+    assert status == 201
+    minutes_ago = now_us() - 10 * 60_000_000
+    await redis.hset(keys.show_keys(show)[4], "777", record(987654321, "2", minutes_ago, "booked"))
+    await redis.hset(keys.show_keys(show)[3], "777", record(987654321, "2", minutes_ago, "booked"))
+    await redis.hset(keys.show_keys(show)[2], "2", "777")
+    with contextlib.suppress(AssertionError):
+        await drain()  # persistence cannot drain the refused record
+    assert await booked_in_pg(pg, show) == {"1": fine["id"]}
+    code, out = await engine_cli(settings, "check")
+    assert code == 1, out
+    assert "1 booking pending for over 300 s: persistence is stuck" in out

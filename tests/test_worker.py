@@ -241,11 +241,11 @@ async def test_a_double_sale_refused_by_postgresql_does_not_wedge_the_batch(
     }
 
 
-async def test_a_show_postgresql_refuses_stays_pending_and_the_rest_of_the_batch_commits(
+async def test_a_record_postgresql_refuses_stays_pending_and_the_rest_commits(
     http: Api, pg, redis
 ) -> None:
     """The batch is written in one statement per kind; a record PostgreSQL refuses (a user it
-    does not have) must not cost the other shows their write, only its own show's."""
+    does not have) must not cost the other records their write, in its show or any other."""
     good, bad, also_good = [await make_show(pg, total_seats=5) for _ in range(3)]
     await http.user("alice")
     uid = await user_id(pg, "alice")
@@ -255,9 +255,10 @@ async def test_a_show_postgresql_refuses_stays_pending_and_the_rest_of_the_batch
     await redis.hset(keys.show_keys(bad)[4], "23", record(987654321, "2", at, "booked"))
     await redis.hset(keys.show_keys(also_good)[4], "24", record(uid, "1", at, "cancelled"))
     done = await persist_shows(redis, pg, Scripts(redis), [good, bad, also_good])
-    assert (done.shows, done.acked, sorted(done.booking_ids)) == (2, 2, [21, 24])
-    assert await statuses(pg) == {21: "booked", 24: "cancelled"}
-    assert sorted(await redis.hkeys(keys.show_keys(bad)[4])) == [b"22", b"23"]
+    # Only the refused record itself stays pending; its show's other record is written.
+    assert (done.shows, done.acked, sorted(done.booking_ids)) == (3, 3, [21, 22, 24])
+    assert await statuses(pg) == {21: "booked", 22: "booked", 24: "cancelled"}
+    assert await redis.hkeys(keys.show_keys(bad)[4]) == [b"23"]
 
 
 async def test_a_cancel_racing_persistence_shows_cancelled_at_once(

@@ -51,6 +51,8 @@ PASSWORD_PREFIX = "lt-pass-"
 # Access tokens are renewed this long before they expire, during and after a run.
 TOKEN_MARGIN_S = 60.0
 TOKEN_CHECK_EVERY_S = 5.0
+# Setup requests answered 503 are tried this many times in all.
+SETUP_TRIES = 5
 SCENARIOS = ("flash", "spread", "mixed", "login")
 DEFAULT_SEATS = {"flash": 1000, "spread": 200, "mixed": 200, "login": 0}
 DEFAULT_SHOWS = {"flash": 1, "spread": 50, "mixed": 10, "login": 0}
@@ -577,12 +579,18 @@ class Harness:
     # --- setup ----------------------------------------------------------------------------
 
     async def _post(self, base: str, path: str, body: Any, token: str | None = None) -> Any:
+        """A request outside the clock (setup, token renewal). A 503 (a busy server hashing
+        passwords, say) is retried after its Retry-After, a few times."""
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        async with self.session.post(base + path, json=body, headers=headers) as resp:
-            data = await _json(resp)
-            if resp.status not in (200, 201):
-                raise SetupError(f"POST {path} answered {resp.status}: {data}")
-            return data
+        for attempt in range(SETUP_TRIES):
+            async with self.session.post(base + path, json=body, headers=headers) as resp:
+                data = await _json(resp)
+                if resp.status in (200, 201):
+                    return data
+                if resp.status != 503 or attempt == SETUP_TRIES - 1:
+                    raise SetupError(f"POST {path} answered {resp.status}: {data}")
+                wait = resp.headers.get("Retry-After", "1")
+            await asyncio.sleep(float(wait) if wait.isdigit() else 1.0)
 
     async def login(self, name: str, password: str) -> str:
         return (await self.login_pair(name, password))[0]
@@ -622,7 +630,8 @@ class Harness:
 
     async def make_users(self) -> None:
         suffix = os.urandom(3).hex()
-        sem = asyncio.Semaphore(max(1, min(self.cfg.concurrency, 32)))
+        # Signup and login hash passwords (bcrypt): a few at a time keeps the server answering.
+        sem = asyncio.Semaphore(max(1, min(self.cfg.concurrency, 8)))
 
         async def one(i: int) -> User:
             name = f"lt{self.cfg.seed}-{suffix}-{i}"

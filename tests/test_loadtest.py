@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import asyncpg
 import pytest
 from aiohttp import web
@@ -623,3 +624,40 @@ async def test_an_unknown_show_on_a_contract_server_is_refused(
     cfg = await admin_config(http, pg, server, scenario="spread", requests=10, shows=[10**9])
     code, _ = await run(cfg)
     assert code == 2
+
+
+async def test_setup_requests_answered_503_are_retried() -> None:
+    """Signups and logins on a server busy hashing passwords may get a 503: the harness tries
+    again after Retry-After rather than giving up on the whole run."""
+    from engine.loadtest import SETUP_TRIES, Harness, SetupError
+
+    seen: list[int] = []
+
+    async def busy(request: web.Request) -> web.Response:
+        seen.append(1)
+        if len(seen) % 3:
+            return web.json_response({"detail": "busy"}, status=503, headers={"Retry-After": "0"})
+        return web.json_response({"ok": len(seen)}, status=201)
+
+    async def down(request: web.Request) -> web.Response:
+        seen.append(1)
+        return web.json_response({"detail": "down"}, status=503, headers={"Retry-After": "0"})
+
+    app = web.Application()
+    app.router.add_post("/busy", busy)
+    app.router.add_post("/down", down)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    try:
+        async with aiohttp.ClientSession() as session:
+            h = Harness(Config(url=url, requests=1, progress=False), session)
+            assert await h._post(url, "/busy", {}) == {"ok": 3}
+            seen.clear()
+            with pytest.raises(SetupError, match="503"):
+                await h._post(url, "/down", {})
+            assert len(seen) == SETUP_TRIES
+    finally:
+        await runner.cleanup()

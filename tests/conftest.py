@@ -9,6 +9,7 @@ its own is created next to DATABASE_URL's, and Redis db TEST_REDIS_DB (default 1
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import os
 import shutil
@@ -155,17 +156,24 @@ async def redis(settings: Settings) -> AsyncIterator[ArqRedis]:
     await client.aclose()
 
 
-@pytest.fixture(scope="session")
-async def server(settings: Settings) -> AsyncIterator[str]:
-    """The real app on a real port; yields its base URL."""
-    app = create_app(settings)
+@contextlib.asynccontextmanager
+async def serving(app: web.Application) -> AsyncIterator[str]:
+    """An aiohttp app on a free local port, in this process; yields its base URL."""
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
-    port = runner.addresses[0][1]
-    yield f"http://127.0.0.1:{port}"
-    await runner.cleanup()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        await runner.cleanup()
+
+
+@pytest.fixture(scope="session")
+async def server(settings: Settings) -> AsyncIterator[str]:
+    """The real app on a real port; yields its base URL."""
+    async with serving(create_app(settings)) as url:
+        yield url
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ import pytest
 from aiohttp import web
 
 from engine import errors
+from tests.conftest import serving
 
 
 @pytest.fixture
@@ -38,13 +39,8 @@ async def stuck_server(monkeypatch: Any) -> AsyncIterator[str]:
     app.router.add_get("/stuck", stuck)
     app.router.add_get("/swallowed", swallowed)
     app.router.add_get("/quick", quick)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    yield f"http://127.0.0.1:{port}"
-    await runner.cleanup()
+    async with serving(app) as url:
+        yield url
 
 
 async def test_a_stuck_request_is_a_503_at_its_deadline(stuck_server: str) -> None:

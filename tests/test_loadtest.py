@@ -41,7 +41,7 @@ from engine.loadtest import (
 from engine.persistence import mark_unpersisted, persist_dirty
 from engine.seats import Scripts
 from engine.settings import Settings
-from tests.conftest import Api
+from tests.conftest import Api, serving
 
 
 async def admin_config(http: Api, pg: asyncpg.Pool, server: str, **kw: Any) -> Config:
@@ -241,18 +241,6 @@ def contract_app(
     app.router.add_get("/api/shows/{id}/", get_show)
     app.router.add_post("/api/shows/{id}/book/", book)
     return app
-
-
-@contextlib.asynccontextmanager
-async def serving(app: web.Application) -> AsyncIterator[str]:
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
-    finally:
-        await runner.cleanup()
 
 
 def fake_config(url: str, out: io.StringIO, **kw: Any) -> Config:
@@ -566,16 +554,9 @@ async def test_a_run_longer_than_the_access_tokens_renews_them(
 
     monkeypatch.setattr(loadtest, "TOKEN_MARGIN_S", 1.0)
     monkeypatch.setattr(loadtest, "TOKEN_CHECK_EVERY_S", 0.2)
-    runner = web.AppRunner(create_app(settings.with_(access_ttl_s=2, jwt_leeway_s=0)))
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    async with serving(create_app(settings.with_(access_ttl_s=2, jwt_leeway_s=0))) as url:
         cfg = await admin_config(http, pg, url, scenario="mixed", duration=4.0, users=5)
         code, fig = await run(cfg)
-    finally:
-        await runner.cleanup()
     assert code == 0, output(cfg)
     assert fig["errors"] == 0, fig["errors_by_status"]
     assert fig["bookings_201"] > 0 and fig["wall_s"] >= 4.0
@@ -646,18 +627,10 @@ async def test_setup_requests_answered_503_are_retried() -> None:
     app = web.Application()
     app.router.add_post("/busy", busy)
     app.router.add_post("/down", down)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    url = f"http://127.0.0.1:{runner.addresses[0][1]}"
-    try:
-        async with aiohttp.ClientSession() as session:
-            h = Harness(Config(url=url, requests=1, progress=False), session)
-            assert await h._post(url, "/busy", {}) == {"ok": 3}
-            seen.clear()
-            with pytest.raises(SetupError, match="503"):
-                await h._post(url, "/down", {})
-            assert len(seen) == SETUP_TRIES
-    finally:
-        await runner.cleanup()
+    async with serving(app) as url, aiohttp.ClientSession() as session:
+        h = Harness(Config(url=url, requests=1, progress=False), session)
+        assert await h._post(url, "/busy", {}) == {"ok": 3}
+        seen.clear()
+        with pytest.raises(SetupError, match="503"):
+            await h._post(url, "/down", {})
+        assert len(seen) == SETUP_TRIES

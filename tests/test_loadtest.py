@@ -63,18 +63,20 @@ async def admin_config(http: Api, pg: asyncpg.Pool, server: str, **kw: Any) -> C
 async def persister(pg: asyncpg.Pool, redis: ArqRedis) -> AsyncIterator[None]:
     """The worker's persistence, in the background: the in-process server has no worker."""
     scripts = Scripts(redis)
+    stop = asyncio.Event()
 
     async def loop() -> None:
-        while True:
+        while not stop.is_set():
             await mark_unpersisted(redis)
             await persist_dirty(redis, pg, scripts)
-            await asyncio.sleep(0.05)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 0.05)
 
     task = asyncio.create_task(loop())
     yield
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    # Let the round in progress finish (cancelling it mid-transaction once hung the teardown).
+    stop.set()
+    await asyncio.wait_for(task, 30)
 
 
 def output(cfg: Config) -> str:

@@ -38,11 +38,13 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
         return _serve_many(args.workers)
     from aiohttp import web
 
-    from engine.app import create_app
+    from engine.app import create_app, freeze_heap
 
     _use_uvloop()
+    app = create_app(settings)
+    app.on_startup.append(freeze_heap)
     web.run_app(
-        create_app(settings),
+        app,
         host=settings.host,
         port=settings.port,
         reuse_port=args.reuse_port,

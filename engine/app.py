@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import AsyncIterator
 
@@ -52,6 +53,15 @@ async def _pools(app: web.Application) -> AsyncIterator[None]:
     await seats.close()
     await redis.aclose()
     await pool.close()
+
+
+async def freeze_heap(_app: web.Application) -> None:
+    """Move everything alive once the app has started (modules, schemas, pools) out of the
+    cyclic garbage collector's reach: a full collection then scans only what requests made,
+    instead of pausing a busy process for ~45 ms every few thousand requests. For servers, as an
+    on_startup handler; not in create_app, since tests build many apps in one process."""
+    gc.collect()
+    gc.freeze()
 
 
 def create_app(settings: Settings | None = None) -> web.Application:

@@ -111,8 +111,12 @@ def serve_ceiling(reuse_port: bool = False) -> int:
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     except ImportError:  # pragma: no cover
         pass
+    from engine.app import freeze_heap
+
+    app = ceiling_app(settings)
+    app.on_startup.append(freeze_heap)  # as `engine serve` does
     web.run_app(
-        ceiling_app(settings),
+        app,
         host=settings.host,
         port=settings.port,
         reuse_port=reuse_port,

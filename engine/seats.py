@@ -147,6 +147,9 @@ class IdAllocator:
         self._floor = max(self._floor, known_max)
 
     async def take(self, count: int = 1) -> list[int]:
+        if self._last - self._next + 1 >= count:
+            # No await between the check and the take: no other request can interleave.
+            return self._take(count)
         async with self._lock:
             if self._last - self._next + 1 < count:
                 first, last = await self._scripts.allocate_ids(
@@ -154,9 +157,12 @@ class IdAllocator:
                     args=[int(time.time() * 1000), max(ID_BLOCK, count), self._floor],
                 )
                 self._next, self._last = int(first), int(last)
-            ids = list(range(self._next, self._next + count))
-            self._next += count
-            return ids
+            return self._take(count)
+
+    def _take(self, count: int) -> list[int]:
+        ids = list(range(self._next, self._next + count))
+        self._next += count
+        return ids
 
 
 # Share-locked until the show is written to Redis: an admin change of the show or its movie

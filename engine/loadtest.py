@@ -25,6 +25,7 @@ import base64
 import contextlib
 import gc
 import importlib.util
+import inspect
 import json
 import math
 import os
@@ -35,7 +36,7 @@ import time
 from array import array
 from bisect import bisect_left
 from collections import Counter, defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -95,8 +96,9 @@ class Config:
     client_ceiling: bool = True
     ceiling_seconds: float = 2.0
     # Called with "start" and "stop" around the measured part, then "drained" once PostgreSQL
-    # holds every 201 (make bench reads the processes' CPU time there).
-    on_clock: Callable[[str], None] | None = None
+    # holds every 201, just before verifying (make bench reads the processes' CPU time there;
+    # a test may tamper there, awaited if it returns an awaitable).
+    on_clock: Callable[[str], Awaitable[None] | None] | None = None
 
 
 # --- the lean HTTP/1.1 client ------------------------------------------------------------------
@@ -858,6 +860,10 @@ class Harness:
                     flush=True,
                 )
 
+    async def clock(self, event: str) -> None:
+        if self.cfg.on_clock and inspect.isawaitable(called := self.cfg.on_clock(event)):
+            await called
+
     async def run_clock(self) -> tuple[float, float]:
         """The measured part; returns (wall seconds, client CPU seconds)."""
         stop = asyncio.Event()
@@ -866,8 +872,7 @@ class Harness:
         # flight for tens of ms, and show up as the server's latency.
         gc.collect()
         gc.freeze()
-        if self.cfg.on_clock:
-            self.cfg.on_clock("start")
+        await self.clock("start")
         cpu0, self.t0 = time.process_time(), time.perf_counter()
         if self.cfg.duration is not None:
             self.deadline = time.monotonic() + self.cfg.duration
@@ -882,8 +887,7 @@ class Harness:
         finally:
             gc.unfreeze()
         wall, cpu = time.perf_counter() - self.t0, time.process_time() - cpu0
-        if self.cfg.on_clock:
-            self.cfg.on_clock("stop")
+        await self.clock("stop")
         stop.set()
         await asyncio.gather(*side)
         return wall, cpu
@@ -1470,8 +1474,7 @@ async def run(cfg: Config) -> tuple[int, dict[str, Any]]:
                 h.notes.append(f"client ceiling not measured: {exc}")
         wall, cpu = await h.run_clock()
         lag = await h.persistence_lag() if cfg.scenario != "login" else None
-        if cfg.on_clock:
-            cfg.on_clock("drained")
+        await h.clock("drained")
         await h.refresh_tokens()  # the run may have outlived them
         problems, checked = await h.verify()
     fig = summarise(h, wall, cpu, lag, ceiling)

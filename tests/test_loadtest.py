@@ -160,16 +160,24 @@ async def test_mixed_run_cancels_and_rebooks(
 
 
 def contract_app(
-    *, sell_twice: bool = False, close_every: int = 0, chunked: bool = False
+    *,
+    sell_twice: bool = False,
+    forget_one: bool = False,
+    miscount: bool = False,
+    close_every: int = 0,
+    chunked: bool = False,
 ) -> web.Application:
     """Enough of the contract for a flash run. `sell_twice`: seat "1" of every show is sold
-    twice; `close_every`: every Nth answer says `Connection: close` and the connection is
-    closed; `chunked`: every answer is sent with `Transfer-Encoding: chunked`, in pieces."""
+    twice; `forget_one`: the first booking answered 201 is missing from its owner's
+    my-bookings; `miscount`: available_seats is one more than it is; `close_every`: every Nth
+    answer says `Connection: close` and the connection is closed; `chunked`: every answer is
+    sent with `Transfer-Encoding: chunked`, in pieces."""
     ids = itertools.count(1)
     answers = itertools.count(1)
     users: dict[str, int] = {}
     sold: dict[tuple[int, str], int] = {}
     shows: dict[int, int] = {}
+    bookings: dict[str, list[dict[str, Any]]] = {}  # by access token
 
     async def signup(request: web.Request) -> web.Response:
         body = await request.json()
@@ -196,8 +204,14 @@ def contract_app(
             {
                 "id": show_id,
                 "total_seats": shows[show_id],
-                "available_seats": shows[show_id] - booked,
+                "available_seats": shows[show_id] - booked + (1 if miscount else 0),
             }
+        )
+
+    async def my_bookings(request: web.Request) -> web.Response:
+        mine = bookings.get(request.headers.get("Authorization", ""), [])
+        return web.json_response(
+            {"count": len(mine), "next": None, "previous": None, "results": mine}
         )
 
     async def book(request: web.Request) -> web.Response:
@@ -207,9 +221,11 @@ def contract_app(
         if count >= (2 if sell_twice and seat == "1" else 1):
             return web.json_response({"detail": "taken"}, status=409)
         sold[(show_id, seat)] = count + 1
-        return web.json_response(
-            {"id": next(ids), "seat_number": seat, "status": "booked"}, status=201
-        )
+        booking = {"id": next(ids), "show": {"id": show_id}, "seat_number": seat}
+        booking["status"] = "booked"
+        if not (forget_one and sum(sold.values()) == 1):
+            bookings.setdefault(request.headers.get("Authorization", ""), []).append(booking)
+        return web.json_response(booking, status=201)
 
     @web.middleware
     async def framing(
@@ -242,6 +258,7 @@ def contract_app(
     app.router.add_post("/api/admin/shows/", show)
     app.router.add_get("/api/shows/{id}/", get_show)
     app.router.add_post("/api/shows/{id}/book/", book)
+    app.router.add_get("/api/my-bookings/", my_bookings)
     return app
 
 
@@ -271,6 +288,70 @@ async def test_a_seat_sold_twice_is_caught() -> None:
     assert fig["bookings_201"] == 11
     assert "INVARIANTS BROKEN" in text
     assert "seat 1 of show" in text and "sold twice" in text
+
+
+async def test_a_booking_missing_from_my_bookings_is_caught() -> None:
+    out = io.StringIO()
+    async with serving(contract_app(forget_one=True)) as url:
+        code, fig = await run(fake_config(url, out))
+    text = out.getvalue()
+    assert code == 1, text
+    assert fig["bookings_201"] == 10
+    assert "is missing in my-bookings, expected booked" in text
+    assert "my-bookings has 9 booked, but 201s minus successful cancels = 10" in text
+
+
+async def test_a_wrong_available_seats_is_caught() -> None:
+    out = io.StringIO()
+    async with serving(contract_app(miscount=True)) as url:
+        code, _ = await run(fake_config(url, out))
+    text = out.getvalue()
+    assert code == 1, text
+    assert "available_seats 1, but total 10 - booked 10 = 0" in text
+
+
+async def test_an_honest_fake_server_passes() -> None:
+    """The checks above fail because of what they test, not because the fake server fails any
+    run: the same server without a fault passes, my-bookings and available_seats checked."""
+    out = io.StringIO()
+    async with serving(contract_app()) as url:
+        code, fig = await run(fake_config(url, out))
+    assert code == 0, out.getvalue()
+    assert any("my-bookings" in c for c in fig["verified"])
+    assert any("available_seats" in c for c in fig["verified"])
+
+
+async def test_a_201_missing_from_postgres_is_caught(
+    server: str, pg: asyncpg.Pool, settings: Settings, http: Api, persister: None
+) -> None:
+    """A booking row lost after the worker persisted it (deleted once PostgreSQL held every
+    201, just before the harness verifies) is a broken invariant: exit 1."""
+    lost: list[int] = []
+
+    async def on_clock(event: str) -> None:
+        if event == "drained":
+            lost.append(
+                await pg.fetchval(
+                    "DELETE FROM bookings WHERE id = (SELECT max(id) FROM bookings) RETURNING id"
+                )
+            )
+
+    cfg = await admin_config(
+        http,
+        pg,
+        server,
+        scenario="flash",
+        requests=60,
+        seats=20,
+        database_url=settings.database_url,
+        on_clock=on_clock,
+    )
+    code, fig = await run(cfg)
+    out = output(cfg)
+    assert code == 1, out
+    assert fig["bookings_201"] == 20 and len(lost) == 1
+    assert f"PostgreSQL: booking {lost[0]} (a 201) has no row" in out
+    assert "INVARIANTS BROKEN" in out
 
 
 @pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])

@@ -1,5 +1,6 @@
 """The load-test harness, in-process: small runs against the real service (PostgreSQL checked
-too), a fake contract server that sells a seat twice, which the harness must catch, and the lean
+too, and a row deleted from it caught), fake contract servers that sell a seat twice, lose a
+booking from my-bookings or miscount available_seats, which the harness must catch, and the lean
 HTTP client of the measured loop against servers that close connections or answer chunked."""
 
 from __future__ import annotations

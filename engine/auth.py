@@ -5,13 +5,16 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import os
 import re
 import time
 import uuid
 from collections import OrderedDict
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 import bcrypt
@@ -21,13 +24,14 @@ from aiohttp_apispec import docs, request_schema, response_schema
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
 from engine import appkeys
-from engine.errors import Forbidden, InvalidInput, Unauthorized
+from engine.errors import Forbidden, InvalidInput, Unauthorized, Unavailable
 from engine.jsonutil import json_response
 from engine.validation import StrictString, db_id, parse_body
 
 ALGORITHM = "HS256"
 ACCESS = "access"
 REFRESH = "refresh"
+_T = TypeVar("_T")
 USERNAME_RE = re.compile(r"^[\w.@+-]+\Z")
 _TOKEN_CACHE_SIZE = 50_000
 
@@ -51,12 +55,55 @@ def check_password_sync(password: str, hashed: str) -> bool:
         return False
 
 
+class PasswordWork:
+    """bcrypt off the event loop, at most one hash per core at a time.
+
+    A caller whose turn would come more than `max_wait_s` from now (by the measured duration of
+    a hash) is answered 503 with Retry-After at once: a login storm beyond what the cores can
+    hash gets prompt answers, instead of requests that queue until the request deadline."""
+
+    def __init__(self, max_wait_s: float = 2.0, workers: int | None = None) -> None:
+        self.workers = workers or os.cpu_count() or 1
+        self.max_wait_s = max_wait_s
+        self._executor: ThreadPoolExecutor | None = None  # made on first use
+        self._in_flight = 0  # hashing, or waiting for a thread
+        self._hash_s = 0.0  # moving average of one hash's duration
+
+    def expected_wait_s(self) -> float:
+        """How long a new caller would wait for a thread."""
+        ahead = self._in_flight - self.workers + 1
+        return max(0, ahead) * self._hash_s / self.workers
+
+    async def run(self, fn: Callable[..., _T], *args: Any) -> _T:
+        if self.expected_wait_s() > self.max_wait_s:
+            raise Unavailable("The server is busy checking passwords; retry shortly.")
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(self.workers, thread_name_prefix="bcrypt")
+        self._in_flight += 1
+        try:
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self._executor, self._timed, fn, *args)
+        finally:
+            self._in_flight -= 1
+
+    def _timed(self, fn: Callable[..., _T], *args: Any) -> _T:
+        started = time.perf_counter()
+        try:
+            return fn(*args)
+        finally:
+            took = time.perf_counter() - started
+            self._hash_s = 0.8 * self._hash_s + 0.2 * took if self._hash_s else took
+
+
+passwords = PasswordWork()
+
+
 async def hash_password(password: str, rounds: int) -> str:
-    return await asyncio.to_thread(hash_password_sync, password, rounds)
+    return await passwords.run(hash_password_sync, password, rounds)
 
 
 async def check_password(password: str, hashed: str) -> bool:
-    return await asyncio.to_thread(check_password_sync, password, hashed)
+    return await passwords.run(check_password_sync, password, hashed)
 
 
 def password_problems(password: str, username: str) -> list[str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import threading
 import time
 import uuid
 import warnings
@@ -18,7 +19,7 @@ import pytest
 from jwt.warnings import InsecureKeyLengthWarning
 
 from engine import auth
-from engine.errors import Unauthorized
+from engine.errors import Unauthorized, Unavailable
 from engine.settings import Settings
 from tests.conftest import Api, make_show
 
@@ -613,17 +614,82 @@ async def test_bcrypt_does_not_block_the_event_loop(http: Api, pg: asyncpg.Pool)
     assert max(latencies) < 3 * one_check, (latencies, one_check)
 
 
-async def test_password_helpers_run_in_a_thread(monkeypatch: pytest.MonkeyPatch) -> None:
-    """hash_password and check_password hand bcrypt to asyncio.to_thread."""
-    calls: list[str] = []
-    real = asyncio.to_thread
+async def test_password_helpers_run_off_the_event_loop() -> None:
+    """hash_password and check_password run bcrypt in a thread of their own, not the loop's."""
+    threads: list[str] = []
+    real_hash, real_check = auth.hash_password_sync, auth.check_password_sync
 
-    async def spy(func: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
-        calls.append(func.__name__)
-        return await real(func, *args, **kwargs)
+    def spy(fn: Callable[..., Any]) -> Callable[..., Any]:
+        def wrapped(*args: Any) -> Any:
+            threads.append(threading.current_thread().name)
+            return fn(*args)
 
-    monkeypatch.setattr(auth.asyncio, "to_thread", spy)
-    hashed = await auth.hash_password(PASSWORD, 4)
-    assert await auth.check_password(PASSWORD, hashed)
-    assert not await auth.check_password("wrong-password", hashed)
-    assert calls == ["hash_password_sync", "check_password_sync", "check_password_sync"]
+        return wrapped
+
+    work = auth.PasswordWork()
+    hashed = await work.run(spy(real_hash), PASSWORD, 4)
+    assert await work.run(spy(real_check), PASSWORD, hashed)
+    assert not await work.run(spy(real_check), "wrong-password", hashed)
+    assert len(threads) == 3 and all(name.startswith("bcrypt") for name in threads), threads
+    assert threading.current_thread().name not in threads
+    # The module's helpers go through the same gate.
+    assert await auth.check_password(PASSWORD, await auth.hash_password(PASSWORD, 4))
+
+
+async def test_password_work_turns_away_what_it_could_not_start_in_time() -> None:
+    """With one thread and hashes of 0.2 s, a caller who would wait over 0.3 s for it is
+    answered at once with Unavailable (a 503), and the ones within the bound all run."""
+    work = auth.PasswordWork(max_wait_s=0.3, workers=1)
+    await work.run(time.sleep, 0.2)  # measures a hash: 0.2 s
+    started = time.perf_counter()
+    calls = [asyncio.create_task(work.run(time.sleep, 0.2)) for _ in range(6)]
+    done = await asyncio.gather(*calls, return_exceptions=True)
+    turned_away = [r for r in done if isinstance(r, Unavailable)]
+    # The first runs at once, the second waits 0.2 s for it: within the bound; the others would
+    # wait 0.4 s or more.
+    assert done[:2] == [None, None], done
+    assert len(turned_away) == 4, done
+    assert time.perf_counter() - started < 0.6
+    assert work.expected_wait_s() == 0
+    await work.run(time.sleep, 0.01)  # and it takes work again once the queue is gone
+
+
+async def test_a_login_storm_beyond_the_cores_is_answered_promptly(
+    http: Api, pg: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """30 logins at once against a costly hash on one bcrypt thread: each is answered within
+    about the bound (a 200, or a 503 with Retry-After at once), none waits for the request
+    deadline, and every 200 is a real token pair."""
+    rounds = 12
+    hashed = await asyncio.to_thread(auth.hash_password_sync, PASSWORD, rounds)
+    for i in range(30):
+        await pg.execute(
+            "INSERT INTO users (username, email, password_hash) VALUES ($1, $2, $3)",
+            f"storm{i}",
+            f"storm{i}@example.com",
+            hashed,
+        )
+    work = auth.PasswordWork(max_wait_s=0.5, workers=1)
+    monkeypatch.setattr(auth, "passwords", work)
+    status, _ = await login(http, "storm0")  # measures a hash
+    assert status == 200
+
+    async def timed_login(i: int) -> tuple[int, Any, str | None, float]:
+        started = time.perf_counter()
+        async with http.session.post(
+            LOGIN, json={"username": f"storm{i}", "password": PASSWORD}
+        ) as resp:
+            body = await resp.json()
+            return resp.status, body, resp.headers.get("Retry-After"), time.perf_counter() - started
+
+    results = await asyncio.gather(*(timed_login(i) for i in range(30)))
+    ok = [r for r in results if r[0] == 200]
+    busy = [r for r in results if r[0] == 503]
+    assert len(ok) + len(busy) == 30, [r[:2] for r in results]
+    assert ok and busy, [r[0] for r in results]
+    assert all(set(body) == {"access", "refresh"} for _, body, _, _ in ok)
+    assert all(retry == "2" and "busy" in body["detail"] for _, body, retry, _ in busy)
+    one_hash = work._hash_s
+    # A 503 costs no hash: far sooner than the requests that waited for theirs.
+    assert max(took for *_, took in busy) < one_hash, (busy, one_hash)
+    assert max(took for *_, took in results) < work.max_wait_s + 3 * one_hash

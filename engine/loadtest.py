@@ -110,6 +110,8 @@ class BadResponse(Exception):
 
 MAX_HEAD = 64 * 1024
 _JSON_BODY_HEAD = b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n"
+# The longest a worker waits on a 503's Retry-After before its next request.
+MAX_RETRY_AFTER_S = 5.0
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE"})
 
 
@@ -158,10 +160,12 @@ class _ResponseReader(asyncio.Protocol):
         self.keep_alive = True
         self.no_body = False  # the request was HEAD
         self.got_bytes = False  # some of the answer to the current request arrived
+        self.retry_after: float | None = None  # of the last answer, in seconds
         self._new_response()
 
     def _new_response(self) -> None:
         self.status = 0
+        self._retry_after: float | None = None
         self.length = -1
         self.chunked = False
         self.trailers = False
@@ -223,6 +227,7 @@ class _ResponseReader(asyncio.Protocol):
             return
         waiter, status = self.waiter, self.status
         self.waiter = None
+        self.retry_after = self._retry_after
         self._new_response()
         if not self.keep_alive:
             self.open = False
@@ -274,6 +279,9 @@ class _ResponseReader(asyncio.Protocol):
         else:
             self.keep_alive = connection is None or b"close" not in connection
         self.status = status
+        retry_after = _header(head, b"retry-after")
+        if retry_after is not None and retry_after.strip().isdigit():
+            self._retry_after = float(retry_after)
         if self.no_body or status in (204, 304):
             self.length = 0
             return
@@ -397,6 +405,11 @@ class Connection:
         finally:
             timer.cancel()
 
+    @property
+    def retry_after(self) -> float | None:
+        """The Retry-After of the last answer, in seconds (a delay; a date is not read)."""
+        return self._reader.retry_after if self._reader is not None else None
+
     def close(self, abort: bool = False) -> None:
         reader, self._reader = self._reader, None
         if reader is not None and reader.transport is not None:
@@ -474,6 +487,7 @@ class Stats:
     booked: int = 0
     conflicts: int = 0
     cancels: int = 0
+    logins: int = 0
     # (booking id, show, seat, user id) for every 201, and the ids cancelled with a 200
     sold: list[tuple[int, int, str, int]] = field(default_factory=list)
     cancelled: set[int] = field(default_factory=set)
@@ -743,6 +757,13 @@ class Harness:
             self.stats.errors[f"{KINDS[kind]} {type(exc).__name__}"] += 1
         now = time.perf_counter()
         self.rec.add(now - self.t0, now - started, kind, status or 0)
+        if status == 503 and conn.retry_after:
+            # As a well-behaved client does: this worker waits as told before its next request
+            # (a login storm would otherwise turn into a loop of 503s), within the run's time.
+            wait = min(conn.retry_after, MAX_RETRY_AFTER_S)
+            if self.cfg.duration is not None:
+                wait = min(wait, max(0.0, self.deadline - time.monotonic()))
+            await asyncio.sleep(wait)
         return status, data
 
     async def book(self, conns: _Conns, user: User, show: Show, seat: str) -> None:
@@ -777,7 +798,9 @@ class Harness:
             status, _ = await self.request(
                 conns, LOGIN, b"POST", "/api/auth/login/", b"", user.login_body
             )
-            if status is not None and status != 200:
+            if status == 200:
+                self.stats.logins += 1
+            elif status is not None:
                 self.stats.errors[f"login {status}"] += 1
         else:  # mixed
             r = rng.random()
@@ -852,10 +875,14 @@ class Harness:
                 {"t": round(now - self.t0, 3), "rps": round(rate, 1), "p99_ms": round(p99, 2)}
             )
             if self.cfg.progress:
+                done = (
+                    f"logins: {self.stats.logins}"
+                    if self.cfg.scenario == "login"
+                    else f"201: {self.stats.booked}  409: {self.stats.conflicts}"
+                )
                 print(
-                    f"[{now - self.t0:6.1f}s] {rate:8.0f} req/s  201: {self.stats.booked}"
-                    f"  409: {self.stats.conflicts}  errors: {errors}  p99 last second:"
-                    f" {p99:.1f} ms",
+                    f"[{now - self.t0:6.1f}s] {rate:8.0f} req/s  {done}  errors: {errors}"
+                    f"  p99 last second: {p99:.1f} ms",
                     file=sys.stderr,
                     flush=True,
                 )
@@ -1280,6 +1307,12 @@ def summarise(
         by_kind[KINDS[k]] += c
     statuses = Counter({f"{KINDS[k]} {s}": c for (k, s), c in pairs.items() if s})
     health = sorted(h.stats.health_latencies)
+    # What a password check costs the caller who got one: the latency of the 200 logins.
+    logged_in = sorted(
+        lat
+        for lat, kind, status in zip(rec.latency, rec.kind, rec.status, strict=True)
+        if kind == LOGIN and status == 200
+    )
     rps = n / wall if wall else 0.0
     cpu_share = cpu / wall if wall else 0.0
     used = rps / ceiling.rps if ceiling and ceiling.rps else None
@@ -1298,6 +1331,10 @@ def summarise(
         "bookings_per_s": round(h.stats.booked / wall, 1) if wall else 0.0,
         "conflicts_409": h.stats.conflicts,
         "cancels_200": h.stats.cancels,
+        "logins_200": h.stats.logins,
+        "logins_per_s": round(h.stats.logins / wall, 1) if wall else 0.0,
+        "login_200_p50_ms": round(percentile(logged_in, 50) * 1000, 2) if logged_in else None,
+        "login_200_p99_ms": round(percentile(logged_in, 99) * 1000, 2) if logged_in else None,
         "errors": sum(h.stats.errors.values()),
         "errors_by_status": dict(sorted(h.stats.errors.items())),
         "statuses": dict(sorted(statuses.items())),
@@ -1337,9 +1374,28 @@ def print_table(fig: dict[str, Any], out: TextIO) -> None:
         ),
         ("requests", f"{fig['requests']} in {fig['wall_s']:.2f} s"),
         ("requests/s", f"{fig['requests_per_s']:.0f}"),
-        ("successful bookings (201)", f"{fig['bookings_201']}  ({fig['bookings_per_s']:.0f}/s)"),
-        ("conflicts (409)", str(fig["conflicts_409"])),
-        ("successful cancels (200)", str(fig["cancels_200"])),
+    ]
+    if fig["scenario"] == "login":
+        rows.append(
+            ("successful logins (200)", f"{fig['logins_200']}  ({fig['logins_per_s']:.1f}/s)")
+        )
+        if fig["login_200_p50_ms"] is not None:
+            rows.append(
+                (
+                    "latency of the 200s p50 / p99",
+                    f"{fig['login_200_p50_ms']:.1f} / {fig['login_200_p99_ms']:.1f} ms",
+                )
+            )
+    else:
+        rows += [
+            (
+                "successful bookings (201)",
+                f"{fig['bookings_201']}  ({fig['bookings_per_s']:.0f}/s)",
+            ),
+            ("conflicts (409)", str(fig["conflicts_409"])),
+            ("successful cancels (200)", str(fig["cancels_200"])),
+        ]
+    rows += [
         (
             "errors",
             f"{fig['errors']}"

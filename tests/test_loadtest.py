@@ -165,12 +165,14 @@ def contract_app(
     sell_twice: bool = False,
     forget_one: bool = False,
     miscount: bool = False,
+    busy: Callable[[], bool] = lambda: False,
     close_every: int = 0,
     chunked: bool = False,
 ) -> web.Application:
     """Enough of the contract for a flash run. `sell_twice`: seat "1" of every show is sold
     twice; `forget_one`: the first booking answered 201 is missing from its owner's
-    my-bookings; `miscount`: available_seats is one more than it is; `close_every`: every Nth
+    my-bookings; `miscount`: available_seats is one more than it is; `busy()`: logins answer 503
+    with Retry-After: 1 while it is true; `close_every`: every Nth
     answer says `Connection: close` and the connection is closed; `chunked`: every answer is
     sent with `Transfer-Encoding: chunked`, in pieces."""
     ids = itertools.count(1)
@@ -187,6 +189,8 @@ def contract_app(
 
     async def login(request: web.Request) -> web.Response:
         body = await request.json()
+        if busy():
+            return web.json_response({"detail": "busy"}, status=503, headers={"Retry-After": "1"})
         return web.json_response({"access": f"t{users.get(body['username'], 0)}", "refresh": ""})
 
     async def movie(request: web.Request) -> web.Response:
@@ -556,11 +560,34 @@ async def test_login_run_for_a_duration_keeps_health_responsive(
     assert fig["errors"] == 0, fig["errors_by_status"]
     assert fig["requests"] > 0
     assert fig["by_kind"] == {"login": fig["requests"]}
-    assert fig["statuses"] == {"login 200": fig["requests"]}
+    assert fig["statuses"] == {"login 200": fig["requests"]} == {"login 200": fig["logins_200"]}
+    assert fig["login_200_p99_ms"] is not None
+    assert "successful logins (200)" in output(cfg)
     assert fig["bookings_201"] == fig["conflicts_409"] == 0
     assert fig["health_live_errors"] == 0
     assert fig["health_live_p99_ms"] is not None and fig["health_live_p99_ms"] < 1000
     assert sum(point["rps"] for point in fig["timeline"]) > 0
+
+
+async def test_a_503_with_retry_after_pauses_that_worker() -> None:
+    """A well-behaved client: a worker answered 503 with Retry-After waits before its next
+    request (within the run's time) instead of looping on 503s."""
+    state = {"busy": False}
+
+    def on_clock(event: str) -> None:
+        state["busy"] = event == "start"  # setup's logins go through; the measured ones do not
+
+    out = io.StringIO()
+    async with serving(contract_app(busy=lambda: state["busy"])) as url:
+        cfg = fake_config(url, out, duration=1.5, on_clock=on_clock)
+        cfg.scenario, cfg.concurrency, cfg.requests = "login", 5, None
+        code, fig = await run(cfg)
+    assert code == 0, out.getvalue()
+    # Each of the 5 workers: a 503 at once, a 1 s wait, another 503, a wait cut at the end.
+    assert fig["statuses"] == {"login 503": fig["requests"]}, fig["statuses"]
+    assert 5 <= fig["requests"] <= 15, fig["requests"]
+    assert 1.5 <= fig["wall_s"] < 3
+    assert fig["logins_200"] == 0 and "login 503" in out.getvalue()
 
 
 async def test_plot_is_a_png(

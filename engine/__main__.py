@@ -57,26 +57,32 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
 
 def _serve_many(workers: int) -> int:
     """One process per core, sharing the port (SO_REUSEPORT)."""
-    children = [
-        subprocess.Popen([sys.executable, "-m", "engine", "serve", "--reuse-port"])
-        for _ in range(workers)
-    ]
+    children = [_child(["serve", "--reuse-port"]) for _ in range(workers)]
     log.info("serving with %s processes", workers)
     return _supervise(children)
+
+
+def _child(argv: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """A `python -m engine` child in a process group of its own: Ctrl-C in the terminal reaches
+    only the supervisor, which stops each child with one SIGTERM (a child that got the
+    terminal's SIGINT and then the supervisor's SIGTERM was interrupted in its shutdown, and
+    exited 1)."""
+    return subprocess.Popen([sys.executable, "-m", "engine", *argv], env=env, process_group=0)
 
 
 def _supervise(children: list[subprocess.Popen[bytes]]) -> int:
     stopping = False
 
     def stop(signum: int, _frame: object) -> None:
+        """The first signal stops the children gracefully; a second one kills them."""
         nonlocal stopping
-        stopping = True
+        again, stopping = stopping, True
         for child in children:
             if child.poll() is None:
-                child.send_signal(signal.SIGTERM)
+                child.send_signal(signal.SIGKILL if again else signal.SIGTERM)
 
-    signal.signal(signal.SIGINT, stop)
-    signal.signal(signal.SIGTERM, stop)
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, stop)
     code = 0
     while children:
         for child in list(children):
@@ -84,7 +90,8 @@ def _supervise(children: list[subprocess.Popen[bytes]]) -> int:
             if rc is None:
                 continue
             children.remove(child)
-            code = code or rc
+            if not (stopping and rc == -signal.SIGTERM):  # not one we stopped before it could
+                code = code or rc
             if not stopping:
                 stop(signal.SIGTERM, None)
         try:
@@ -170,8 +177,8 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
     env.setdefault("REDIS_URL", settings.redis_url)
     env.setdefault("JWT_SECRET", settings.jwt_secret)
     children = [
-        subprocess.Popen([sys.executable, "-m", "engine", "serve"], env=env),
-        subprocess.Popen([sys.executable, "-m", "engine", "worker"], env=env),
+        _child(["serve"], env),
+        _child(["worker"], env),
     ]
     print(f"API on http://{settings.host}:{settings.port}/  (docs: /swagger/)  Ctrl-C stops")
     return _supervise(children)
@@ -217,7 +224,10 @@ def cmd_reconcile(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_stop_embedded(settings: Settings, args: argparse.Namespace) -> int:
     from engine.embedded import stop_embedded
 
-    stop_embedded(settings.data_dir)
+    stopped = stop_embedded(settings.data_dir)
+    print(
+        "stopped " + " and ".join(stopped) if stopped else f"nothing running in {settings.data_dir}"
+    )
     return 0
 
 

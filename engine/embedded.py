@@ -126,12 +126,14 @@ def ensure_redis(data_dir: Path) -> str:
         return f"unix://{sock}"
 
 
-def stop_embedded(data_dir: Path) -> None:
-    """Stop both embedded servers (used by `python -m engine stop-embedded`)."""
+def stop_embedded(data_dir: Path) -> list[str]:
+    """Stop both embedded servers (used by `python -m engine stop-embedded`); what it stopped."""
+    stopped: list[str] = []
     pid_file = data_dir / "redis" / "redis.pid"
     if pid_file.exists():
         try:
             os.kill(int(pid_file.read_text().strip()), 15)
+            stopped.append(f"Redis ({data_dir / 'redis'})")
         except (ProcessLookupError, ValueError):
             pass
     pgdata = data_dir / "postgres"
@@ -143,3 +145,5 @@ def stop_embedded(data_dir: Path) -> None:
         # As root, pgserver runs PostgreSQL as its own system user; stop it as that user too.
         user = pgdata.owner() if os.geteuid() == 0 else None
         pg_ctl(["-m", "fast", "-w", "stop"], pgdata=pgdata, **({"user": user} if user else {}))
+        stopped.append(f"PostgreSQL ({pgdata})")
+    return stopped

@@ -1,0 +1,146 @@
+"""`python -m engine serve --workers N` as a real process tree: Ctrl-C in a terminal (SIGINT to
+the whole foreground process group) stops every process cleanly with exit status 0, and a second
+signal kills what is still stopping."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from engine.settings import Settings
+from tests.storm import START_TIMEOUT_S, free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def children_of(pid: int) -> set[int]:
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            # the fields after the command, which is in parentheses and may hold spaces
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.add(int(entry.name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie is gone for our purposes: it only waits for its parent to read its status.
+    try:
+        return (Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]) != "Z"
+    except OSError:
+        return False
+
+
+@pytest.fixture(params=[["serve", "--workers", "2"]], ids=lambda argv: " ".join(argv))
+async def two_workers(
+    request: pytest.FixtureRequest, settings: Settings, tmp_path: Path
+) -> AsyncIterator[tuple[asyncio.subprocess.Process, int]]:
+    """(supervisor, port) of `python -m engine serve --workers 2` (or the command the test
+    parametrises it with: two children either way), in a session of its own, as a terminal
+    would run it; killed afterwards whatever the test did."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "DATABASE_URL": settings.database_url,
+        "REDIS_URL": settings.redis_url,
+        "JWT_SECRET": settings.jwt_secret,
+        "PORT": str(port),
+        "LOG_LEVEL": "WARNING",
+    }
+    with (tmp_path / "serve.log").open("ab") as out:
+        proc = await asyncio.create_subprocess_exec(
+            *(sys.executable, "-m", "engine", *request.param),
+            cwd=ROOT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=out,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1)) as session:
+            while len(children_of(proc.pid)) < 2 or not await _live(session, port):
+                assert proc.returncode is None, (tmp_path / "serve.log").read_text()
+                assert time.monotonic() < deadline, (tmp_path / "serve.log").read_text()
+                await asyncio.sleep(0.1)
+        yield proc, port
+    finally:
+        for pid in children_of(proc.pid):
+            os.kill(pid, signal.SIGKILL)
+        if proc.returncode is None:
+            proc.kill()
+        await proc.wait()
+
+
+async def _live(session: aiohttp.ClientSession, port: int) -> bool:
+    try:
+        async with session.get(f"http://127.0.0.1:{port}/health/live") as resp:
+            return resp.status == 200
+    except (aiohttp.ClientError, TimeoutError, OSError):
+        return False
+
+
+@pytest.mark.parametrize(
+    "two_workers",
+    [["serve", "--workers", "2"], ["run"]],  # run: the API and the worker
+    ids=["serve --workers 2", "run"],
+    indirect=True,
+)
+async def test_ctrl_c_stops_every_process_with_status_0(
+    two_workers: tuple[asyncio.subprocess.Process, int],
+) -> None:
+    supervisor, _port = two_workers
+    workers = children_of(supervisor.pid)
+    os.killpg(supervisor.pid, signal.SIGINT)  # what Ctrl-C in its terminal sends
+    assert await asyncio.wait_for(supervisor.wait(), 15) == 0
+    assert not any(alive(pid) for pid in workers), workers
+
+
+async def test_a_worker_that_dies_stops_the_rest(
+    two_workers: tuple[asyncio.subprocess.Process, int],
+) -> None:
+    """One API process killed: the supervisor does not serve on with half its processes (a
+    process manager restarts the whole unit); it stops the other and exits non-zero."""
+    supervisor, _port = two_workers
+    first, second = sorted(children_of(supervisor.pid))
+    os.kill(first, signal.SIGKILL)
+    assert await asyncio.wait_for(supervisor.wait(), 15) != 0
+    assert not alive(second)
+
+
+async def test_a_second_signal_kills_what_is_still_stopping(
+    two_workers: tuple[asyncio.subprocess.Process, int],
+) -> None:
+    supervisor, port = two_workers
+    workers = children_of(supervisor.pid)
+    # A request in flight that keeps the graceful stop waiting (shutdown_timeout is 10 s)...
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"POST /api/auth/login/ HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")
+    await writer.drain()
+    supervisor.send_signal(signal.SIGTERM)
+    await asyncio.sleep(0.5)
+    assert supervisor.returncode is None
+    started = time.monotonic()
+    supervisor.send_signal(signal.SIGTERM)  # ...so the second one ends it at once
+    await asyncio.wait_for(supervisor.wait(), 5)
+    assert time.monotonic() - started < 3
+    assert not any(alive(pid) for pid in workers), workers
+    writer.close()

@@ -135,6 +135,8 @@ TARGET_SHARE_OF_CEILING = 0.70
 TARGET_P99_MS = 25.0
 TARGET_LAG_S = 1.0
 TARGET_DRAIN_S = 2.0
+# The engine above its ceiling by more than this: the two runs did not see the same machine.
+DISTURBED_RATIO = 1.05
 SOAK_SHOWS = 40
 SOAK_SEATS = 5000
 RSS_LIMIT_MB = 150
@@ -413,6 +415,16 @@ def targets_report(results: Results) -> list[str]:
             f"{TARGET_DRAIN_S:.0f} s: "
             f"{mark(b.get('persistence_drained', False) and b['persistence_lag_s'] < 2)}",
         ]
+        for scenario, runs in results[n].items():
+            engine_rps = runs.get("engine", {}).get("requests_per_s") or 0.0
+            ceiling_rps = runs.get("ceiling", {}).get("requests_per_s") or 0.0
+            if ceiling_rps and engine_rps > DISTURBED_RATIO * ceiling_rps:
+                lines.append(
+                    f"  WARNING: {scenario}: the engine ran {engine_rps / ceiling_rps:.2f}x its"
+                    " ceiling, which does less per request: the ceiling's run was disturbed"
+                    " (something else was using the cores); run the bench again on a quiet"
+                    " machine before reading its ratios"
+                )
     return lines
 
 

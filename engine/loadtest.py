@@ -1238,8 +1238,9 @@ class Bucket(NamedTuple):
     p99_ms: float
 
 
-def time_buckets(rec: Recorder, wall: float) -> tuple[float, list[Bucket]]:
-    """(bucket width, the buckets) of the run by completion time: max(0.25 s, run / 60) wide."""
+def time_buckets(rec: Recorder, wall: float, success: int = 201) -> tuple[float, list[Bucket]]:
+    """(bucket width, the buckets) of the run by completion time: max(0.25 s, run / 60) wide;
+    `success` is the status counted as the run's successes (a booking's 201, a login's 200)."""
     width = max(0.25, wall / 60)
     count = max(1, math.ceil(wall / width))
     nan = float("nan")
@@ -1249,7 +1250,7 @@ def time_buckets(rec: Recorder, wall: float) -> tuple[float, list[Bucket]]:
         # records are appended as answers complete, so `done` is sorted: a bucket is a slice
         end = len(rec) if i == count - 1 else bisect_left(rec.done, (i + 1) * width, first)
         lat = sorted(rec.latency[first:end])
-        booked = rec.status[first:end].count(201)  # only a booking is answered 201
+        booked = rec.status[first:end].count(success)
         # the last bucket may be cut short by the end of the run
         span = min(width, wall - i * width) if wall > i * width else width
         p = [percentile(lat, q) * 1000 if lat else nan for q in (50, 90, 99)]
@@ -1262,28 +1263,30 @@ def plot_available() -> bool:
     return importlib.util.find_spec("matplotlib") is not None
 
 
-def write_plot(path: str, rec: Recorder, wall: float, title: str) -> None:
-    """Throughput and latency percentiles over time, two stacked panels, as a PNG."""
+def write_plot(path: str, rec: Recorder, wall: float, title: str, success: int = 201) -> None:
+    """Throughput and latency percentiles over time, two stacked panels, as a PNG; `success`
+    as in time_buckets."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    width, buckets = time_buckets(rec, wall)
+    width, buckets = time_buckets(rec, wall, success)
     t = [b.start + width / 2 for b in buckets]
     fig = Figure(figsize=(10, 7), layout="constrained")
     FigureCanvasAgg(fig)
     top, bottom = fig.subplots(2, 1, sharex=True)
     top.plot(t, [b.requests_per_s for b in buckets], label="requests/s", marker=".")
-    top.plot(t, [b.bookings_per_s for b in buckets], label="201/s", marker=".")
+    # dashed: where every answer is a success (spread), it runs on top of requests/s
+    top.plot(t, [b.bookings_per_s for b in buckets], "--", label=f"{success} answers/s", marker=".")
     top.set_ylabel("per second")
     top.set_ylim(bottom=0)
-    top.legend(loc="upper right")
+    top.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))
     top.grid(alpha=0.3)
     for name in ("p50_ms", "p90_ms", "p99_ms"):
         bottom.plot(t, [getattr(b, name) for b in buckets], label=name[:3], marker=".")
     bottom.set_ylabel("latency (ms)")
     bottom.set_xlabel(f"seconds since the start of the clock ({width:.2f} s buckets)")
     bottom.set_ylim(bottom=0)
-    bottom.legend(loc="upper right")
+    bottom.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))
     bottom.grid(alpha=0.3)
     fig.suptitle(title)
     fig.savefig(path, format="png", dpi=100)
@@ -1542,7 +1545,8 @@ async def run(cfg: Config) -> tuple[int, dict[str, Any]]:
     if cfg.plot_path:
         title = f"{cfg.scenario} against {h.url}, concurrency {cfg.concurrency}"
         try:
-            await asyncio.to_thread(write_plot, cfg.plot_path, h.rec, wall, title)
+            success = 200 if cfg.scenario == "login" else 201
+            await asyncio.to_thread(write_plot, cfg.plot_path, h.rec, wall, title, success)
             h.notes.append(f"plot written to {cfg.plot_path}")
         except OSError as exc:
             print(f"error: writing the plot failed: {exc}", file=sys.stderr)

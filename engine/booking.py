@@ -93,14 +93,16 @@ async def cancel(
     found = await locate(redis, pool, booking_id)
     if found is None:
         raise NotFound("Booking not found.")
-    show_id, row = found
+    show_id, _ = found
     at = now_us()
     released = await seats.release(
         show_id, booking_id, 0 if as_admin else actor_id, at, enforce_start=not as_admin
     )
     if released is None:
         # Redis no longer knows it: a cancelled booking that was persisted (or an unknown id).
-        row = row or await pool.fetchrow(SELECT_BOOKING, booking_id)
+        # Read the row again even if `locate` read it: a cancel persisted in between (Redis then
+        # forgets the record) makes that row stale, still booked.
+        row = await pool.fetchrow(SELECT_BOOKING, booking_id)
         if row is None:
             raise NotFound("Booking not found.")
         if not as_admin and row["user_id"] != actor_id:

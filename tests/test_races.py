@@ -611,3 +611,35 @@ async def test_short_and_spaced_timestamps_are_accepted(
     later = (moment + timedelta(microseconds=1)).isoformat()
     status, body = await http.get(f"/api/movies/{movie}/shows/?from={quote(later, safe='')}")
     assert status == 200 and body["count"] == 0, body
+
+
+async def test_an_admin_cancel_racing_the_owners_persisted_cancel_is_200_not_503(
+    http: Api, pg: asyncpg.Pool, drain: Callable[[], Awaitable[None]], monkeypatch: Any
+) -> None:
+    """The admin's cancel reads the booked row from PostgreSQL (Redis no longer says where a
+    persisted booking lives); meanwhile the owner cancels and that is persisted too, so Redis
+    forgets the booking. The admin's cancel then found no record in Redis and answered from the
+    row it had read first, still booked: 503 "being reconciled". It is cancelled: 200."""
+    from engine import booking
+
+    show = await make_show(pg, total_seats=2)
+    owner, admin = await http.user("owner"), await http.admin(pg)
+    status, body = await book(http, owner, show, "1")
+    assert status == 201, body
+    booking_id = body["id"]
+    await drain()  # persisted: Redis forgets where it lives
+    real_locate = booking.locate
+
+    async def locate_then_owner_cancels(*args: Any) -> Any:
+        found = await real_locate(*args)
+        monkeypatch.setattr(booking, "locate", real_locate)  # the owner's own cancel: as usual
+        status, body = await http.post(f"/api/bookings/{booking_id}/cancel/", token=owner)
+        assert status == 200, body
+        await drain()
+        return found
+
+    monkeypatch.setattr(booking, "locate", locate_then_owner_cancels)
+    status, body = await http.post(f"/api/admin/bookings/{booking_id}/cancel/", token=admin)
+    assert status == 200, body
+    assert body["status"] == "cancelled" and body["show"]["available_seats"] == 2
+    assert await pg.fetchval("SELECT status FROM bookings WHERE id = $1", booking_id) == "cancelled"

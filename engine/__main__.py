@@ -57,43 +57,87 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
 
 def _serve_many(workers: int) -> int:
     """One process per core, sharing the port (SO_REUSEPORT)."""
-    children = [_child(["serve", "--reuse-port"]) for _ in range(workers)]
     log.info("serving with %s processes", workers)
-    return _supervise(children)
+    return _supervise([["serve", "--reuse-port"]] * workers)
 
 
-def _child(argv: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-    """A `python -m engine` child in a process group of its own: Ctrl-C in the terminal reaches
+# A child that ends this soon after it started, this many times in a row, will not come up
+# (a port taken, a setting wrong): the supervisor stops instead of restarting it for ever.
+QUICK_EXIT_S = 10.0
+QUICK_EXITS_TO_GIVE_UP = 3
+
+
+class _Child:
+    """A `python -m <module>` child in a process group of its own: Ctrl-C in the terminal reaches
     only the supervisor, which stops each child with one SIGTERM (a child that got the
     terminal's SIGINT and then the supervisor's SIGTERM was interrupted in its shutdown, and
     exited 1)."""
-    return subprocess.Popen([sys.executable, "-m", "engine", *argv], env=env, process_group=0)
+
+    def __init__(self, module: str, argv: list[str], env: dict[str, str] | None) -> None:
+        self.module, self.argv, self.env = module, argv, env
+        self.quick_exits = 0
+        self.start()
+
+    def start(self) -> None:
+        self.started = time.monotonic()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", self.module, *self.argv], env=self.env, process_group=0
+        )
+
+    @property
+    def name(self) -> str:
+        return f"{self.module} {' '.join(self.argv)} (pid {self.proc.pid})"
 
 
-def _supervise(children: list[subprocess.Popen[bytes]]) -> int:
+def _supervise(
+    commands: list[list[str]], env: dict[str, str] | None = None, module: str = "engine"
+) -> int:
+    """Run one child per command until a signal; a child that dies is started again (a crashed
+    API process is replaced, as a process manager would), unless it keeps dying at once. The
+    first SIGINT, SIGTERM or SIGHUP stops the children gracefully; a second one kills them."""
+    children = [_Child(module, argv, env) for argv in commands]
     stopping = False
 
     def stop(signum: int, _frame: object) -> None:
-        """The first signal stops the children gracefully; a second one kills them."""
         nonlocal stopping
         again, stopping = stopping, True
         for child in children:
-            if child.poll() is None:
-                child.send_signal(signal.SIGKILL if again else signal.SIGTERM)
+            if child.proc.poll() is None:
+                child.proc.send_signal(signal.SIGKILL if again else signal.SIGTERM)
 
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, stop)
     code = 0
     while children:
         for child in list(children):
-            rc = child.poll()
+            rc = child.proc.poll()
             if rc is None:
                 continue
-            children.remove(child)
-            if not (stopping and rc == -signal.SIGTERM):  # not one we stopped before it could
-                code = code or rc
-            if not stopping:
+            if stopping:
+                children.remove(child)
+                if rc != -signal.SIGTERM:  # one we stopped before it could handle the signal
+                    code = code or rc
+                continue
+            quick = time.monotonic() - child.started < QUICK_EXIT_S
+            child.quick_exits = child.quick_exits + 1 if quick else 0
+            if child.quick_exits >= QUICK_EXITS_TO_GIVE_UP:
+                log.error(
+                    "%s exited %s, %s times in a row at start: stopping",
+                    child.name,
+                    rc,
+                    child.quick_exits,
+                )
+                children.remove(child)
+                code = code or rc or 1
                 stop(signal.SIGTERM, None)
+                continue
+            log.warning("%s exited %s: starting it again", child.name, rc)
+            if child.quick_exits:
+                time.sleep(0.5 * child.quick_exits)  # a short back-off before a retry
+                if stopping:  # a signal came meanwhile
+                    children.remove(child)
+                    continue
+            child.start()
         try:
             signal.sigtimedwait([signal.SIGCHLD], 0.2)
         except InterruptedError:
@@ -176,12 +220,8 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
     env.setdefault("DATABASE_URL", settings.database_url)
     env.setdefault("REDIS_URL", settings.redis_url)
     env.setdefault("JWT_SECRET", settings.jwt_secret)
-    children = [
-        _child(["serve"], env),
-        _child(["worker"], env),
-    ]
     print(f"API on http://{settings.host}:{settings.port}/  (docs: /swagger/)  Ctrl-C stops")
-    return _supervise(children)
+    return _supervise([["serve"], ["worker"]], env)
 
 
 async def _reconcile_main(settings: Settings, *, repair: bool) -> int:

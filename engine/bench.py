@@ -832,13 +832,9 @@ def main_ceiling(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     if args.workers <= 1:
         return serve_ceiling(reuse_port=args.reuse_port)
-    children = [
-        subprocess.Popen([sys.executable, "-m", "engine.bench", "--reuse-port"])
-        for _ in range(args.workers)
-    ]
     from engine.__main__ import _supervise
 
-    return _supervise(children)
+    return _supervise([["--reuse-port"]] * args.workers, module="engine.bench")
 
 
 if __name__ == "__main__":

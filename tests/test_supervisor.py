@@ -1,12 +1,14 @@
-"""`python -m engine serve --workers N` as a real process tree: Ctrl-C in a terminal (SIGINT to
-the whole foreground process group) stops every process cleanly with exit status 0, and a second
-signal kills what is still stopping."""
+"""`python -m engine serve --workers N` (and `run`) as a real process tree: Ctrl-C in a terminal
+(SIGINT to the whole foreground process group) stops every process cleanly with exit status 0, a
+second signal kills what is still stopping, a killed API process is replaced, and one that
+cannot start makes the supervisor give up."""
 
 from __future__ import annotations
 
 import asyncio
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -36,6 +38,27 @@ def children_of(pid: int) -> set[int]:
     return found
 
 
+def listening(pid: int, port: int) -> bool:
+    """Whether the process holds a socket listening on 127.0.0.1:port."""
+    inodes = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[1].endswith(f":{port:04X}") and fields[3] == "0A":  # 0A: LISTEN
+            inodes.add(fields[9])
+    try:
+        fds = list(Path(f"/proc/{pid}/fd").iterdir())
+    except OSError:
+        return False
+    for fd in fds:
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:[") and target[8:-1] in inodes:
+            return True
+    return False
+
+
 def alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -48,6 +71,14 @@ def alive(pid: int) -> bool:
         return False
 
 
+def _urls(settings: Settings) -> dict[str, str]:
+    return {
+        "DATABASE_URL": settings.database_url,
+        "REDIS_URL": settings.redis_url,
+        "JWT_SECRET": settings.jwt_secret,
+    }
+
+
 @pytest.fixture(params=[["serve", "--workers", "2"]], ids=lambda argv: " ".join(argv))
 async def two_workers(
     request: pytest.FixtureRequest, settings: Settings, tmp_path: Path
@@ -56,14 +87,8 @@ async def two_workers(
     parametrises it with: two children either way), in a session of its own, as a terminal
     would run it; killed afterwards whatever the test did."""
     port = free_port()
-    env = {
-        **os.environ,
-        "DATABASE_URL": settings.database_url,
-        "REDIS_URL": settings.redis_url,
-        "JWT_SECRET": settings.jwt_secret,
-        "PORT": str(port),
-        "LOG_LEVEL": "WARNING",
-    }
+    listeners = 2 if request.param[0] == "serve" else 1  # `run`: the API and the worker
+    env = {**os.environ, **_urls(settings), "PORT": str(port), "LOG_LEVEL": "WARNING"}
     with (tmp_path / "serve.log").open("ab") as out:
         proc = await asyncio.create_subprocess_exec(
             *(sys.executable, "-m", "engine", *request.param),
@@ -77,7 +102,11 @@ async def two_workers(
     try:
         deadline = time.monotonic() + START_TIMEOUT_S
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1)) as session:
-            while len(children_of(proc.pid)) < 2 or not await _live(session, port):
+            while (
+                len(kids := children_of(proc.pid)) < 2
+                or sum(listening(pid, port) for pid in kids) < listeners
+                or not await _live(session, port)
+            ):
                 assert proc.returncode is None, (tmp_path / "serve.log").read_text()
                 assert time.monotonic() < deadline, (tmp_path / "serve.log").read_text()
                 await asyncio.sleep(0.1)
@@ -114,16 +143,56 @@ async def test_ctrl_c_stops_every_process_with_status_0(
     assert not any(alive(pid) for pid in workers), workers
 
 
-async def test_a_worker_that_dies_stops_the_rest(
+async def test_a_killed_api_process_is_replaced(
     two_workers: tuple[asyncio.subprocess.Process, int],
 ) -> None:
-    """One API process killed: the supervisor does not serve on with half its processes (a
-    process manager restarts the whole unit); it stops the other and exits non-zero."""
-    supervisor, _port = two_workers
+    """One API process killed: the supervisor starts another, as a process manager would, and
+    the port keeps serving meanwhile (the other process shares it)."""
+    supervisor, port = two_workers
     first, second = sorted(children_of(supervisor.pid))
     os.kill(first, signal.SIGKILL)
-    assert await asyncio.wait_for(supervisor.wait(), 15) != 0
-    assert not alive(second)
+    deadline = time.monotonic() + START_TIMEOUT_S
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1)) as session:
+        assert await _live(session, port)  # the other one answers at once
+        while len(now := children_of(supervisor.pid) - {first}) < 2 or not all(
+            listening(pid, port) for pid in now
+        ):
+            assert time.monotonic() < deadline, now
+            await asyncio.sleep(0.1)
+        assert second in now and supervisor.returncode is None
+        # The new one serves on its own too, once the other is gone.
+        os.kill(second, signal.SIGKILL)
+        assert await _live(session, port)
+
+
+async def test_an_api_process_that_cannot_start_stops_the_supervisor(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """The port held by a socket without SO_REUSEPORT: every API process exits at start. The
+    supervisor tries a few times, then gives up with a non-zero status instead of looping."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        env = {**os.environ, "PORT": str(taken.getsockname()[1]), **_urls(settings)}
+        with (tmp_path / "serve.log").open("ab") as out:
+            proc = await asyncio.create_subprocess_exec(
+                *(sys.executable, "-m", "engine", "serve", "--workers", "2"),
+                cwd=ROOT,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=out,
+                start_new_session=True,
+            )
+        try:
+            code = await asyncio.wait_for(proc.wait(), 60)
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+    assert code != 0
+    log = (tmp_path / "serve.log").read_text()
+    assert "times in a row at start: stopping" in log, log[-3000:]
 
 
 async def test_a_second_signal_kills_what_is_still_stopping(

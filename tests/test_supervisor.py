@@ -101,7 +101,7 @@ async def two_workers(
         )
     try:
         deadline = time.monotonic() + START_TIMEOUT_S
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1)) as session:
+        async with fresh_connections() as session:
             while (
                 len(kids := children_of(proc.pid)) < 2
                 or sum(listening(pid, port) for pid in kids) < listeners
@@ -117,6 +117,13 @@ async def two_workers(
         if proc.returncode is None:
             proc.kill()
         await proc.wait()
+
+
+def fresh_connections() -> aiohttp.ClientSession:
+    """A new connection per request: a kept-alive one to a killed process would be reset."""
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(force_close=True), timeout=aiohttp.ClientTimeout(total=1)
+    )
 
 
 async def _live(session: aiohttp.ClientSession, port: int) -> bool:
@@ -152,7 +159,7 @@ async def test_a_killed_api_process_is_replaced(
     first, second = sorted(children_of(supervisor.pid))
     os.kill(first, signal.SIGKILL)
     deadline = time.monotonic() + START_TIMEOUT_S
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1)) as session:
+    async with fresh_connections() as session:
         assert await _live(session, port)  # the other one answers at once
         while len(now := children_of(supervisor.pid) - {first}) < 2 or not all(
             listening(pid, port) for pid in now

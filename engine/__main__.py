@@ -393,7 +393,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler = globals()["cmd_" + args.command.replace("-", "_")]
     try:
         return int(handler(settings, args))
+    except KeyboardInterrupt:
+        # serve and run stop cleanly on Ctrl-C themselves; any other command just stops.
+        print("interrupted", file=sys.stderr)
+        return 130
     except (TimeoutError, OSError) as exc:
+        if args.command in ("loadtest", "bench", "stop-embedded"):
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
         # The usual start-up failure: a DATABASE_URL or REDIS_URL nothing answers at.
         print(f"error: cannot reach PostgreSQL or Redis: {exc}", file=sys.stderr)
         return 1

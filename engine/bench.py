@@ -22,7 +22,9 @@ import asyncio
 import contextlib
 import json
 import os
+import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -432,6 +434,7 @@ def targets_report(results: Results) -> list[str]:
 
 
 BENCH_MARK = ".bench-data"
+MAX_WORKERS = 32
 
 
 def _fresh_data_dir(data_dir: Path) -> None:
@@ -454,9 +457,17 @@ def bench_data_dir(env: dict[str, str]) -> Path:
 
 
 def data_dir_problem(data_dir: Path) -> str | None:
-    """The bench empties its data directory: only one it made (or an empty or new one)."""
+    """The bench empties its data directory: only one it made (or an empty or new one), and
+    one it can make."""
     default = (ROOT / ".data-bench").resolve()
-    if data_dir == default or not data_dir.exists() or (data_dir / BENCH_MARK).exists():
+    if not data_dir.exists():
+        try:
+            data_dir.mkdir(parents=True)
+        except OSError as exc:
+            return f"BENCH_DATA_DIR {data_dir}: cannot create it: {exc.strerror or exc}"
+        (data_dir / BENCH_MARK).write_text("make bench's own data: emptied by every bench run\n")
+        return None
+    if data_dir == default or (data_dir / BENCH_MARK).exists():
         return None
     if data_dir.is_dir() and not any(data_dir.iterdir()):
         return None
@@ -466,13 +477,26 @@ def data_dir_problem(data_dir: Path) -> str | None:
     )
 
 
+def bench_env(environ: dict[str, str]) -> dict[str, str]:
+    """The bench's environment: its own data directory and servers. DATABASE_URL and REDIS_URL
+    are ignored (they may well be the application's own, and the bench writes shows and
+    bookings); BENCH_DATABASE_URL and BENCH_REDIS_URL name servers to use instead of embedded
+    ones."""
+    env = {k: v for k, v in environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
+    for name in ("DATABASE_URL", "REDIS_URL"):
+        if environ.get("BENCH_" + name):
+            env[name] = environ["BENCH_" + name]
+    env["BOOKING_DATA_DIR"] = str(bench_data_dir(environ))
+    if env.get("DATABASE_URL") and env.get("REDIS_URL") and not env.get("JWT_SECRET"):
+        env["JWT_SECRET"] = secrets.token_urlsafe(32)  # only this run's processes share it
+    return env
+
+
 def _setup(env: dict[str, str]) -> Settings:
     from engine.db import migrate
 
-    data_dir = bench_data_dir(env)
-    env["BOOKING_DATA_DIR"] = str(data_dir)
     if not env.get("DATABASE_URL") and not env.get("REDIS_URL"):
-        _fresh_data_dir(data_dir)
+        _fresh_data_dir(Path(env["BOOKING_DATA_DIR"]))
     settings = load_settings(env)
     asyncio.run(migrate(settings.database_url))
     return settings
@@ -491,8 +515,18 @@ def args_problem(args: argparse.Namespace) -> str | None:
     for name, value in positive.items():
         if value < 1:
             return f"{name} must be at least 1"
-    if any(n < 1 for n in args.workers):
-        return "--workers must be at least 1"
+    for name, value, most in (
+        ("--flash-requests", args.flash_requests, 1_000_000),
+        ("--flash-seats", args.flash_seats, 10_000),
+        ("--spread-requests", args.spread_requests, 500_000),
+        ("--concurrency", args.concurrency, 1_000),
+        ("--users", args.users, 10_000),
+        ("--soak", args.soak or 1, 100_000_000),
+    ):
+        if value > most:
+            return f"{name} must be at most {most:,}"
+    if any(n < 1 or n > MAX_WORKERS for n in args.workers):
+        return f"--workers must be from 1 to {MAX_WORKERS}"
     from engine.loadtest import unwritable
 
     if args.json and (problem := unwritable(args.json)):
@@ -614,16 +648,34 @@ async def _scenarios(
     return code, results
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
 def bench(args: argparse.Namespace) -> int:
+    """`python -m engine bench`: every process it starts is stopped however it ends (Ctrl-C
+    or SIGTERM included: exit 130), and its embedded servers with them."""
     problem = args_problem(args)
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return 2
-    if args.soak:
-        return soak(args)
+    env = bench_env(dict(os.environ))
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        return soak(args, env) if args.soak else _bench(args, env)
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        from engine.embedded import stop_embedded
+
+        stop_embedded(Path(env["BOOKING_DATA_DIR"]))  # the bench's own embedded servers, if any
+
+
+def _bench(args: argparse.Namespace, env: dict[str, str]) -> int:
     from engine.loadtest import measure_client_ceiling
 
-    env = dict(os.environ)
     settings = _setup(env)
     ceiling_redis = other_redis_db(settings.redis_url, 1)
     child_env = _child_env(env, settings)
@@ -672,10 +724,6 @@ def bench(args: argparse.Namespace) -> int:
             procs.stop()
     finally:
         procs.stop()
-        if settings.embedded_postgres or settings.embedded_redis:
-            from engine.embedded import stop_embedded
-
-            stop_embedded(settings.data_dir)  # the bench's own embedded servers
     cores = os.cpu_count() or 0
     print(
         f"\nmake bench on this machine: {cores} cores (os.cpu_count()), the load generator on "
@@ -732,12 +780,11 @@ async def _redis_memory(url: str) -> dict[str, int]:
         await client.aclose()
 
 
-def soak(args: argparse.Namespace) -> int:
+def soak(args: argparse.Namespace, env: dict[str, str]) -> int:
     """N requests of the mixed scenario through one API process; its RSS sampled every second,
     Redis' memory before, and after PostgreSQL holds everything."""
     from engine.loadtest import Config, run
 
-    env = dict(os.environ)
     settings = _setup(env)
     child_env = _child_env(env, settings)
     log_dir = settings.data_dir / "bench-logs"
@@ -790,10 +837,6 @@ def soak(args: argparse.Namespace) -> int:
         rc, fig, before, after = asyncio.run(main())
     finally:
         procs.stop()
-        if settings.embedded_postgres or settings.embedded_redis:
-            from engine.embedded import stop_embedded
-
-            stop_embedded(settings.data_dir)
     rss = [mb for _, mb in samples]
     live = fig.get("bookings_201", 0) - fig.get("cancels_200", 0)
     grown = after["used_memory"] - before["used_memory"]

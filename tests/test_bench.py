@@ -4,27 +4,68 @@ started), and its report of the targets."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
+import shutil
+import signal
 import subprocess
 import sys
+import tempfile
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from engine.bench import targets_report
+from engine.bench import args_problem, bench_env, data_dir_problem, targets_report
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.mark.slow
-def test_a_tiny_bench_runs_both_servers_verifies_and_stops_them(tmp_path: Path) -> None:
-    data_dir = tmp_path / "bench-data"
+@pytest.fixture
+def data_dir() -> Iterator[Path]:
+    """A new bench data directory under .data-test (not under pytest's tmp_path: as root,
+    pgserver runs PostgreSQL as its own user, who cannot enter pytest's 0700 directories)."""
+    (ROOT / ".data-test").mkdir(exist_ok=True)
+    made = Path(tempfile.mkdtemp(prefix="bench-", dir=ROOT / ".data-test"))
+    made.chmod(0o755)
+    yield made
+    shutil.rmtree(made, ignore_errors=True)
+
+
+def _bench_env(data_dir: Path) -> dict[str, str]:
     env = {
         k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL", "JWT_SECRET")
     }
     env["BENCH_DATA_DIR"] = str(data_dir)
+    return env
+
+
+def _processes_of(data_dir: Path) -> list[int]:
+    """Live processes started for this bench: their command line or environment names its data
+    directory (the API, worker and ceiling inherit BENCH_DATA_DIR; Redis and PostgreSQL too)."""
+    mark = str(data_dir).encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            seen = (entry / "cmdline").read_bytes() + (entry / "environ").read_bytes()
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if mark in seen and state != "Z":
+            found.append(int(entry.name))
+    return found
+
+
+@pytest.mark.slow
+def test_a_tiny_bench_runs_both_servers_verifies_and_stops_them(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    env = _bench_env(data_dir)
     argv = [
         *(sys.executable, "-m", "engine", "bench", "--workers", "1", "--users", "5"),
         *("--concurrency", "5", "--flash-requests", "200", "--flash-seats", "40"),
@@ -45,8 +86,90 @@ def test_a_tiny_bench_runs_both_servers_verifies_and_stops_them(tmp_path: Path) 
     assert "| flash | requests/s |" in done.stdout and "1 API process(es):" in done.stdout
     assert len(list((data_dir / "bench-plots").glob("*.png"))) == 4
     # Everything it started is gone: its Redis, its PostgreSQL, its API, worker and ceiling.
-    left = subprocess.run(["pgrep", "-f", str(data_dir)], capture_output=True, text=True)
-    assert left.stdout == "", left.stdout
+    assert _processes_of(data_dir) == []
+
+
+@pytest.mark.slow
+def test_a_bench_stopped_by_sigterm_stops_everything_it_started(data_dir: Path) -> None:
+    argv = [
+        *(sys.executable, "-m", "engine", "bench", "--workers", "2", "--users", "5"),
+        *("--concurrency", "5", "--flash-requests", "1000000"),
+    ]
+    bench = subprocess.Popen(
+        argv, cwd=ROOT, env=_bench_env(data_dir), stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    try:
+        assert bench.stdout is not None
+        for line in bench.stdout:  # the first run's clock has started: everything is up
+            if line.startswith(b"== flash against (a) ceiling"):
+                break
+        time.sleep(2)
+        started = _processes_of(data_dir)
+        assert len(started) >= 6, started  # supervisor + 2 API, worker, ceiling + 2, Redis, PG
+        bench.send_signal(signal.SIGTERM)
+        _, err = bench.communicate(timeout=60)
+    finally:
+        bench.kill()
+    assert bench.returncode == 130 and b"interrupted" in err and b"Traceback" not in err, err
+    deadline = time.monotonic() + 10
+    while _processes_of(data_dir) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _processes_of(data_dir) == []
+
+
+def _args(**given: Any) -> argparse.Namespace:
+    defaults = dict(
+        flash_requests=10000, flash_seats=1000, spread_requests=20000, concurrency=50,
+        users=50, workers=[1, 2], soak=None, json=None, plot_dir=None,
+    )  # fmt: skip
+    return argparse.Namespace(**{**defaults, **given})
+
+
+@pytest.mark.parametrize(
+    ("given", "message"),
+    [
+        ({"flash_seats": 20_000}, "--flash-seats must be at most 10,000"),
+        ({"spread_requests": 10**7}, "--spread-requests must be at most 500,000"),
+        ({"flash_requests": 0}, "--flash-requests must be at least 1"),
+        ({"workers": [1, 100]}, "--workers must be from 1 to 32"),
+        ({"concurrency": 5000}, "--concurrency must be at most 1,000"),
+    ],
+)
+def test_bench_arguments_out_of_range_are_refused(given: dict[str, Any], message: str) -> None:
+    assert args_problem(_args(**given)) == message
+
+
+def test_the_bench_ignores_the_applications_servers_and_takes_its_own() -> None:
+    env = bench_env(
+        {
+            "DATABASE_URL": "postgresql://postgres@127.0.0.1/production",
+            "REDIS_URL": "redis://127.0.0.1:6379/0",
+            "BENCH_DATA_DIR": "/tmp/somewhere",
+        }
+    )
+    assert "DATABASE_URL" not in env and "REDIS_URL" not in env
+    assert env["BOOKING_DATA_DIR"] == "/tmp/somewhere"
+    env = bench_env(
+        {
+            "DATABASE_URL": "postgresql://postgres@127.0.0.1/production",
+            "BENCH_DATABASE_URL": "postgresql://postgres@127.0.0.1/bench",
+            "BENCH_REDIS_URL": "redis://127.0.0.1:6379/7",
+        }
+    )
+    assert env["DATABASE_URL"].endswith("/bench") and env["REDIS_URL"].endswith("/7")
+    assert len(env["JWT_SECRET"]) >= 16  # both servers given: no embedded secret to share
+
+
+def test_a_bench_data_dir_that_cannot_be_made_or_is_someone_elses_is_refused(
+    tmp_path: Path,
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    assert "cannot create it" in (data_dir_problem(blocker / "data") or "")
+    (tmp_path / "mine" / "x").mkdir(parents=True)
+    assert "not a bench data directory" in (data_dir_problem(tmp_path / "mine") or "")
+    assert data_dir_problem(tmp_path / "new") is None
+    assert data_dir_problem(tmp_path / "new") is None  # it made it, and marked it as its own
 
 
 def _fig(rps: float, p99: float = 10.0) -> dict[str, Any]:

@@ -14,7 +14,12 @@ separate process (`python -m engine.loadtest --trivial-server PORT`), so the fig
 the run was limited by the client rather than by the server.
 
 After the run it verifies, through the API (and PostgreSQL with --database-url), that no seat was
-sold twice and that the counts agree; a broken invariant prints the problems and exits 1.
+sold twice and that the counts agree. Exit codes: 1 when an invariant is broken (the problems are
+printed); 2 when the run cannot be trusted to say so: a configuration refused, a setup that
+failed, a check that could not be made (PostgreSQL or the API unreachable after the run), or a
+run that was not clean (requests that got no answer, or an answer the scenario does not expect,
+such as a 500); 130 when interrupted (Ctrl-C); else 0. A login answered 503 with Retry-After is
+the server turning a caller away by design: counted apart ("turned away"), not as an error.
 """
 
 from __future__ import annotations
@@ -63,6 +68,17 @@ DEFAULT_SHOWS = {"flash": 1, "spread": 50, "mixed": 10, "login": 0}
 CLIENT_CPU_WARNING = 0.8
 CLIENT_CEILING_WARNING = 0.7
 REQUEST_TIMEOUT_S = 30.0
+# After a request that got no answer, its worker waits this long, doubling up to the most while
+# none come (a server that is down is not hammered by a reconnect loop); any answer resets it.
+BACKOFF_FIRST_S = 0.05
+BACKOFF_MAX_S = 1.0
+# The verification after the run (beyond waiting for persistence to drain) ends within this.
+VERIFY_DEADLINE_S = 120.0
+# The longest one poll of GET /health/ready may take past the drain's own deadline.
+LAG_POLL_TIMEOUT_S = 5.0
+# The contract's bounds: total_seats 1-10000; --duration at most a day.
+MAX_SEATS = 10_000
+MAX_DURATION_S = 86_400.0
 PLOT_MISSING = "error: --plot needs matplotlib: pip install 'booking-engine[plot]'"
 
 # Request kinds, stored as their index in the per-request `kind` array.
@@ -90,6 +106,7 @@ class Config:
     json_path: str | None = None
     progress: bool = True
     lag_deadline_s: float = 30.0
+    verify_deadline_s: float = VERIFY_DEADLINE_S
     out: TextIO | None = None
     plot_path: str | None = None
     # Measure the client's own ceiling (a separate trivial server process) before the clock.
@@ -130,10 +147,19 @@ def parse_endpoint(url: str) -> Endpoint:
         raise ValueError(f"{url!r} is not an http:// URL (https is not supported)")
     if not parts.hostname:
         raise ValueError(f"{url!r}: no host")
+    if parts.query or parts.fragment or url.endswith(("?", "#")):
+        # paths are appended to the base URL: a query or fragment would swallow them
+        raise ValueError(f"{url!r}: a base URL has no query (?) or fragment (#)")
+    try:
+        port = parts.port
+    except ValueError:  # not a number, or above 65535
+        port = 0
+    if port == 0:
+        raise ValueError(f"{url!r}: the port must be a number from 1 to 65535")
     netloc = parts.netloc.rpartition("@")[2]
     return Endpoint(
         host=parts.hostname,
-        port=parts.port or 80,
+        port=port or 80,
         prefix=parts.path.rstrip("/").encode(),
         host_line=b"Host: " + netloc.encode("idna") + b"\r\n",
     )
@@ -488,6 +514,13 @@ class Stats:
     conflicts: int = 0
     cancels: int = 0
     logins: int = 0
+    turned_away: int = 0  # logins answered 503 with Retry-After: shed by design, not errors
+    # Per show, the books and the cancels whose outcome is unknown (no answer, a 5xx, a 201
+    # without a booking id): each makes the show's booked count uncertain by one.
+    unknown_books: Counter[int] = field(default_factory=Counter)
+    unknown_cancels: Counter[int] = field(default_factory=Counter)
+    uncertain: set[int] = field(default_factory=set)  # booking ids whose cancel is unknown
+    rejected_seats: dict[int, str] = field(default_factory=dict)  # show -> a seat answered 400
     # (booking id, show, seat, user id) for every 201, and the ids cancelled with a 200
     sold: list[tuple[int, int, str, int]] = field(default_factory=list)
     cancelled: set[int] = field(default_factory=set)
@@ -498,6 +531,42 @@ class Stats:
 
 class SetupError(RuntimeError):
     pass
+
+
+# What a request outside the clock may end in: an answer other than the contract's (refused,
+# or without the fields it promises), or none.
+OFF_CLOCK_ERRORS = (SetupError, aiohttp.ClientError, OSError, KeyError, TypeError, ValueError)
+
+
+def seat_count(show: Any, show_id: int) -> int:
+    """A show's total_seats as the server gave it, if the contract allows it (1-10000): a run
+    must not try to label 10**12 seats."""
+    total = show.get("total_seats") if isinstance(show, dict) else None
+    if isinstance(total, bool) or not isinstance(total, int) or not 1 <= total <= MAX_SEATS:
+        raise SetupError(
+            f"show {show_id}: the server gave total_seats {_excerpt(total)}, not a number of "
+            f"seats from 1 to {MAX_SEATS}"
+        )
+    return total
+
+
+def row_name(index: int) -> str:
+    """A, B, ... Z, AA, AB, ...: the contract's row letters."""
+    name = ""
+    index += 1
+    while index:
+        index, rest = divmod(index - 1, 26)
+        name = chr(ord("A") + rest) + name
+    return name
+
+
+def seat_labels(show: dict[str, Any], total: int) -> list[str]:
+    """The contract's labels of a show's `total` seats: A1... when it gives rows and
+    seats_per_row that make up that total, else "1".."N"."""
+    rows, per_row = _positive_int(show.get("rows")), _positive_int(show.get("seats_per_row"))
+    if rows and per_row and rows * per_row == total:
+        return [f"{row_name(r)}{c}" for r in range(rows) for c in range(1, per_row + 1)]
+    return [str(i) for i in range(1, total + 1)]
 
 
 def percentile(sorted_values: Any, p: float) -> float:
@@ -559,12 +628,34 @@ def _loads(body: bytes) -> Any:
         return None
 
 
+def _positive_int(value: Any) -> int | None:
+    """An id as the contract gives it (a positive integer, not a bool), else None."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        return None
+    return value
+
+
+def booking_record(booking: Any, show_id: int, seat: str) -> tuple[int, int, str] | None:
+    """(booking id, show, seat) of a 201's body; None when it names no booking id."""
+    if not isinstance(booking, dict) or (booking_id := _positive_int(booking.get("id"))) is None:
+        return None
+    label = booking.get("seat_number", seat)
+    return booking_id, show_id, str(label) if isinstance(label, str | int) else seat
+
+
+def _excerpt(value: Any) -> str:
+    """A server's odd answer, short enough for one line."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
 class _Conns:
     """A worker's own connections: the API, and the auth service when it is elsewhere."""
 
     def __init__(self, api: Endpoint, auth: Endpoint) -> None:
         self.api = Connection(api)
         self.auth = self.api if auth == api else Connection(auth)
+        self.backoff = 0.0  # s, the wait after the last request that got no answer; 0: none
 
     def close(self) -> None:
         self.api.close()
@@ -640,7 +731,7 @@ class Harness:
         while not stop.is_set():
             try:
                 await self.refresh_tokens()
-            except (SetupError, aiohttp.ClientError, OSError) as exc:
+            except OFF_CLOCK_ERRORS as exc:
                 self.notes.append(f"could not renew access tokens: {exc}")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), TOKEN_CHECK_EVERY_S)
@@ -679,15 +770,13 @@ class Harness:
         if cfg.shows:
             unknown: list[int] = []
             for show_id in cfg.shows:
-                total = seats
+                labels = [str(i) for i in range(1, seats + 1)]
                 async with self.session.get(f"{self.url}/api/shows/{show_id}/") as resp:
                     if resp.status == 200:
-                        total = int((await _json(resp))["total_seats"])
+                        labels = await self.existing_labels(show_id, await _json(resp))
                     else:
                         unknown.append(show_id)
-                # Existing shows are assumed to have numbered seats "1".."N".
-                labels = [str(i) for i in range(1, total + 1)]
-                self.shows.append(Show(show_id, total, labels, cfg.own_shows))
+                self.shows.append(Show(show_id, len(labels), labels, cfg.own_shows))
             if unknown and await self.serves_catalog():
                 raise SetupError(f"no such show: {', '.join(map(str, unknown))}")
             if unknown:
@@ -719,13 +808,34 @@ class Harness:
                     },
                     self.admin_token,
                 )
-                total = int(body["total_seats"])
-                self.shows.append(
-                    Show(int(body["id"]), total, [str(i) for i in range(1, total + 1)], True)
-                )
+                created = _positive_int(body.get("id") if isinstance(body, dict) else None)
+                if created is None:
+                    raise SetupError(f"POST /api/admin/shows/ answered {_excerpt(body)}: no id")
+                total = seat_count(body, created)
+                self.shows.append(Show(created, total, seat_labels(body, total), True))
         self.shows_by_id = {show.id: show for show in self.shows}
         self.untried = [(show, label) for show in self.shows for label in show.labels]
         self.rng.shuffle(self.untried)
+
+    async def existing_labels(self, show_id: int, public: Any) -> list[str]:
+        """The seat labels of a --show: "1".."N", or A1... when the show has rows of seats (the
+        public shape does not say; the admin one does, read when an admin was given)."""
+        total = seat_count(public, show_id)
+        if "rows" in public or not (self.cfg.admin_user and self.cfg.admin_password):
+            return seat_labels(public, total)
+        try:
+            if self.admin_token is None:
+                self.admin_token = await self.login(self.cfg.admin_user, self.cfg.admin_password)
+            headers = {"Authorization": f"Bearer {self.admin_token}"}
+            url = f"{self.url}/api/admin/shows/{show_id}/"
+            async with self.session.get(url, headers=headers) as resp:
+                admin = await _json(resp)
+        except OFF_CLOCK_ERRORS as exc:  # the admin is a help here, not a need
+            self.notes.append(f"show {show_id}: its layout not read as the admin: {exc}")
+            return seat_labels(public, total)
+        return seat_labels(
+            admin if resp.status == 200 and isinstance(admin, dict) else public, total
+        )
 
     # --- the run --------------------------------------------------------------------------
 
@@ -757,27 +867,48 @@ class Harness:
             self.stats.errors[f"{KINDS[kind]} {type(exc).__name__}"] += 1
         now = time.perf_counter()
         self.rec.add(now - self.t0, now - started, kind, status or 0)
+        if status is None:
+            # A server that is down refuses at once: without a pause this worker would spin,
+            # and the run would be a million refused connections.
+            conns.backoff = min(BACKOFF_MAX_S, conns.backoff * 2) or BACKOFF_FIRST_S
+            await asyncio.sleep(self.within_run(conns.backoff))
+            return status, data
+        conns.backoff = 0.0
         if status == 503 and conn.retry_after:
             # As a well-behaved client does: this worker waits as told before its next request
             # (a login storm would otherwise turn into a loop of 503s), within the run's time.
-            wait = min(conn.retry_after, MAX_RETRY_AFTER_S)
-            if self.cfg.duration is not None:
-                wait = min(wait, max(0.0, self.deadline - time.monotonic()))
-            await asyncio.sleep(wait)
+            await asyncio.sleep(self.within_run(min(conn.retry_after, MAX_RETRY_AFTER_S)))
         return status, data
+
+    def within_run(self, wait: float) -> float:
+        """`wait`, cut at the deadline of a --duration run."""
+        if self.cfg.duration is None:
+            return wait
+        return min(wait, max(0.0, self.deadline - time.monotonic()))
 
     async def book(self, conns: _Conns, user: User, show: Show, seat: str) -> None:
         status, data = await self.request(
             conns, BOOK, b"POST", show.book_path, user.auth, dumps({"seat_number": seat})
         )
-        if status == 201 and isinstance(booking := _loads(data), dict):
+        if status == 201:
+            record = booking_record(_loads(data), show.id, seat)
+            if record is None:
+                # Booked, the server says, but not a booking this run can follow.
+                self.stats.errors["book 201 without a booking id"] += 1
+                self.stats.unknown_books[show.id] += 1
+                return
             self.stats.booked += 1
-            record = (int(booking["id"]), show.id, str(booking.get("seat_number", seat)))
             self.stats.sold.append((*record, user.id))
             user.bookings.append(record)
         elif status == 409:
             self.stats.conflicts += 1
-        elif status is not None:
+        elif status is None or status >= 500:
+            self.stats.unknown_books[show.id] += 1
+            if status is not None:
+                self.stats.errors[f"book {status}"] += 1
+        else:
+            if status == 400:  # "not a seat of this show": its seats are labelled otherwise
+                self.stats.rejected_seats.setdefault(show.id, seat)
             self.stats.errors[f"book {status}"] += 1
 
     def pick_untried(self) -> tuple[Show, str]:
@@ -800,6 +931,8 @@ class Harness:
             )
             if status == 200:
                 self.stats.logins += 1
+            elif status == 503 and conns.auth.retry_after is not None:
+                self.stats.turned_away += 1  # the server shedding a login storm, as designed
             elif status is not None:
                 self.stats.errors[f"login {status}"] += 1
         else:  # mixed
@@ -825,10 +958,15 @@ class Harness:
                     self.stats.cancelled.add(booking_id)
                     if self.take():  # re-book the seat just freed
                         await self.book(conns, user, self.shows_by_id[show_id], seat)
-                else:
-                    user.bookings.append(booking)
+                elif status is None or status >= 500:
+                    # Cancelled or not: the booking is not offered for cancelling again.
+                    self.stats.unknown_cancels[show_id] += 1
+                    self.stats.uncertain.add(booking_id)
                     if status is not None:
                         self.stats.errors[f"cancel {status}"] += 1
+                else:
+                    user.bookings.append(booking)
+                    self.stats.errors[f"cancel {status}"] += 1
 
     async def worker(self) -> None:
         conns = _Conns(self.api_endpoint, self.auth_endpoint)
@@ -911,6 +1049,10 @@ class Harness:
             side.append(asyncio.create_task(self.health_probe(stop)))
         try:
             await asyncio.gather(*(self.worker() for _ in range(self.cfg.concurrency)))
+        except BaseException:  # interrupted: the side tasks end with the run
+            for task in side:
+                task.cancel()
+            raise
         finally:
             gc.unfreeze()
         wall, cpu = time.perf_counter() - self.t0, time.process_time() - cpu0
@@ -921,26 +1063,62 @@ class Harness:
 
     # --- after the run --------------------------------------------------------------------
 
-    async def persistence_lag(self) -> float | None:
-        """Seconds until GET /health/ready reports no pending records; None if not reported."""
+    async def after_run(self, problems: list[str], checked: list[str]) -> Drain:
+        """Wait for persistence to drain, then verify, into `problems` and `checked`; bounded in
+        time (a server that stops answering must not keep the figures from being printed):
+        what did not finish is reported as not verified."""
+        drain = Drain(None, None, None, False)
+        if self.cfg.scenario != "login":
+            try:  # its own deadline, and the one poll in flight when it passes
+                async with asyncio.timeout(self.cfg.lag_deadline_s + LAG_POLL_TIMEOUT_S):
+                    drain = await self.persistence_lag()
+            except TimeoutError:
+                self.notes.append("GET /health/ready did not answer in time")
+        await self.clock("drained")
+        limit = self.cfg.verify_deadline_s
+        try:
+            async with asyncio.timeout(limit):
+                try:
+                    await self.refresh_tokens()  # the run may have outlived them
+                except OFF_CLOCK_ERRORS as exc:
+                    self.notes.append(f"could not renew access tokens after the run: {exc}")
+                await self.verify(problems, checked)
+        except TimeoutError:
+            self.unverified.append(f"the verification did not finish within {limit:g} s")
+        return drain
+
+    async def persistence_lag(self) -> Drain:
+        """Until GET /health/ready reports no pending records (within cfg.lag_deadline_s), or
+        does not report them at all."""
         t0 = time.monotonic()
+        pending: int | None = None
+        oldest: float | None = None
         while True:
-            pending: Any = None
+            now_pending: Any = None
             try:
-                async with self.session.get(f"{self.url}/health/ready") as resp:
+                async with self.session.get(
+                    f"{self.url}/health/ready",
+                    timeout=aiohttp.ClientTimeout(total=LAG_POLL_TIMEOUT_S),
+                ) as resp:
                     body = await _json(resp)
-                    if isinstance(body, dict):
-                        pending = body.get("pending_records")
                     if resp.status == 404:
-                        return None
-            except (aiohttp.ClientError, TimeoutError, OSError):
+                        return Drain(None, None, None, False)
+                    if isinstance(body, dict):
+                        now_pending = body.get("pending_records")
+                        lag = body.get("persistence_lag_s")
+                        if isinstance(lag, int | float) and not isinstance(lag, bool):
+                            oldest = float(lag)
+            except (aiohttp.ClientError, OSError):  # TimeoutError is an OSError
                 pass
-            if pending == 0:
-                return time.monotonic() - t0
-            if pending is None and time.monotonic() - t0 > 2:
-                return None
-            if time.monotonic() - t0 > self.cfg.lag_deadline_s:
-                return float("inf")
+            elapsed = time.monotonic() - t0
+            if isinstance(now_pending, int) and not isinstance(now_pending, bool):
+                pending = now_pending
+                if pending == 0:
+                    return Drain(elapsed, 0, oldest, True)
+            if pending is None and elapsed > 2:
+                return Drain(None, None, None, False)
+            if elapsed > self.cfg.lag_deadline_s:
+                return Drain(None, pending, oldest, pending is not None)
             await asyncio.sleep(0.05)
 
     def expected_booked(self) -> dict[int, int]:
@@ -950,10 +1128,22 @@ class Harness:
                 per_show[show_id] += 1
         return per_show
 
-    async def verify(self) -> tuple[list[str], list[str]]:
-        """(problems, what was checked)."""
-        problems: list[str] = []
-        checked: list[str] = []
+    def booked_bounds(self) -> dict[int, Bounds]:
+        """Per show, the fewest and the most seats booked now by the client's records: 201s
+        minus successful cancels, less the cancels and plus the books whose outcome is
+        unknown (either may have happened)."""
+        expected = self.expected_booked()
+        unknown_books, unknown_cancels = self.stats.unknown_books, self.stats.unknown_cancels
+        return {
+            show.id: Bounds(
+                expected[show.id] - unknown_cancels[show.id],
+                expected[show.id] + unknown_books[show.id],
+            )
+            for show in self.shows
+        }
+
+    async def verify(self, problems: list[str], checked: list[str]) -> None:
+        """Append the broken invariants to `problems` and what was checked to `checked`."""
         sold = self.stats.sold
         ids = Counter(b[0] for b in sold)
         for booking_id, n in ids.items():
@@ -961,7 +1151,9 @@ class Harness:
                 problems.append(f"booking id {booking_id} was answered 201 {n} times")
         live: dict[tuple[int, str], list[int]] = defaultdict(list)
         for booking_id, show_id, seat, _user in sold:
-            if booking_id not in self.stats.cancelled:
+            # A booking whose cancel has an unknown outcome is not known to hold its seat;
+            # PostgreSQL's check below still counts every booked row.
+            if booking_id not in self.stats.cancelled and booking_id not in self.stats.uncertain:
                 live[(show_id, seat)].append(booking_id)
         for (show_id, seat), held in sorted(live.items()):
             if len(held) > 1:
@@ -970,63 +1162,102 @@ class Harness:
                     f"(bookings {', '.join(map(str, held))}): sold twice"
                 )
         checked.append("no seat in two 201s (client records)")
-        expected = self.expected_booked()
+        bounds = self.booked_bounds()
         for show in self.shows:
-            if expected[show.id] > show.total_seats:
+            if bounds[show.id].low > show.total_seats:
                 problems.append(
-                    f"show {show.id}: {expected[show.id]} bookings for {show.total_seats} seats"
+                    f"show {show.id}: {bounds[show.id].low} bookings for {show.total_seats} seats"
                 )
-        await self.verify_my_bookings(expected, problems, checked)
-        await self.verify_available(expected, problems, checked)
+        for check in (self.verify_my_bookings, self.verify_available):
+            try:
+                await check(bounds, problems, checked)
+            except (aiohttp.ClientError, OSError) as exc:  # TimeoutError is an OSError
+                self.unverified.append(
+                    f"could not check through the API ({self.url}): {str(exc) or repr(exc)}"
+                )
+            except Unverifiable as exc:
+                self.unverified.append(str(exc))
         if self.cfg.database_url:
             try:
-                await self.verify_database(expected, problems, checked)
+                await self.verify_database(bounds, problems, checked)
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 # Not a broken invariant, but not verified either: say so, and exit 2.
-                self.unverified.append(f"PostgreSQL ({self.cfg.database_url}): {exc}")
-        return problems, checked
+                self.unverified.append(
+                    f"could not check in PostgreSQL ({self.cfg.database_url}): {exc}"
+                )
+
+    def expected_status(self, booking_id: int) -> str | None:
+        """What a booking of this run must be now: "booked", "cancelled", or None when its
+        cancel's outcome is unknown (either)."""
+        if booking_id in self.stats.cancelled:
+            return "cancelled"
+        return None if booking_id in self.stats.uncertain else "booked"
+
+    async def my_bookings(self, user: User, first: bool) -> list[tuple[int, int, str]] | None:
+        """(id, show, status) of every booking in a user's my-bookings, all pages; None when
+        the server does not serve it (a 404 for the very first page asked). Unverifiable when
+        the answer is not the contract's pages, or their `next` links loop."""
+        url: str | None = f"{self.url}/api/my-bookings/?page_size=100"
+        read: set[str] = set()
+        found: list[tuple[int, int, str]] = []
+        while url:
+            if url in read:
+                raise Unverifiable(f"GET /api/my-bookings/: the next link {url} loops back")
+            read.add(url)
+            headers = {"Authorization": f"Bearer {user.token}"}
+            async with self.session.get(url, headers=headers) as resp:
+                if resp.status == 404 and first:
+                    return None
+                if resp.status != 200:
+                    raise Unverifiable(f"GET /api/my-bookings/ answered {resp.status}")
+                page = await _json(resp)
+            results = page.get("results") if isinstance(page, dict) else None
+            if not isinstance(results, list):
+                raise Unverifiable(
+                    f"GET /api/my-bookings/ answered {_excerpt(page)}, not a page of bookings"
+                )
+            for booking in results:
+                found.append(my_booking(booking))
+            url = page.get("next")
+            if url is not None and not (isinstance(url, str) and results):
+                raise Unverifiable(f"GET /api/my-bookings/: an odd next link {_excerpt(url)}")
+            first = False
+        return found
 
     async def verify_my_bookings(
-        self, expected: dict[int, int], problems: list[str], checked: list[str]
+        self, bounds: dict[int, Bounds], problems: list[str], checked: list[str]
     ) -> None:
         if not self.users or self.cfg.scenario == "login":
             return
         api_booked: dict[int, int] = defaultdict(int)
         seen: dict[int, str] = {}
-        for user in self.users:
-            path: str | None = f"{self.url}/api/my-bookings/?page_size=100"
-            while path:
-                headers = {"Authorization": f"Bearer {user.token}"}
-                async with self.session.get(path, headers=headers) as resp:
-                    if resp.status == 404 and not seen:
-                        self.notes.append("GET /api/my-bookings/ not served: not checked")
-                        return
-                    if resp.status != 200:
-                        problems.append(f"GET /api/my-bookings/ answered {resp.status}")
-                        return
-                    page = await _json(resp)
-                for b in page["results"]:
-                    seen[int(b["id"])] = b["status"]
-                    if b["status"] == "booked":
-                        api_booked[int(b["show"]["id"])] += 1
-                path = page.get("next")
+        for n, user in enumerate(self.users):
+            mine = await self.my_bookings(user, first=n == 0)
+            if mine is None:
+                self.notes.append("GET /api/my-bookings/ not served: not checked")
+                return
+            for booking_id, show_id, status in mine:
+                seen[booking_id] = status
+                if status == "booked":
+                    api_booked[show_id] += 1
         for booking_id, show_id, seat, _user in self.stats.sold:
-            want = "cancelled" if booking_id in self.stats.cancelled else "booked"
-            if seen.get(booking_id) != want:
+            want = self.expected_status(booking_id)
+            if booking_id not in seen or (want is not None and seen[booking_id] != want):
                 problems.append(
                     f"booking {booking_id} (show {show_id}, seat {seat}) is "
-                    f"{seen.get(booking_id, 'missing')} in my-bookings, expected {want}"
+                    f"{seen.get(booking_id, 'missing')} in my-bookings, expected "
+                    f"{want or 'booked or cancelled'}"
                 )
         for show in self.shows:
-            if api_booked[show.id] != expected[show.id]:
+            if api_booked[show.id] not in bounds[show.id]:
                 problems.append(
                     f"show {show.id}: my-bookings has {api_booked[show.id]} booked, but 201s "
-                    f"minus successful cancels = {expected[show.id]}"
+                    f"minus successful cancels = {bounds[show.id]}"
                 )
         checked.append("per show, booked in my-bookings == 201s - cancels")
 
     async def verify_available(
-        self, expected: dict[int, int], problems: list[str], checked: list[str]
+        self, bounds: dict[int, Bounds], problems: list[str], checked: list[str]
     ) -> None:
         owned = [s for s in self.shows if s.owned]
         if not owned:
@@ -1040,16 +1271,21 @@ class Harness:
                     )
                     return
                 body = await _json(resp)
-            available = int(body["available_seats"])
-            if available != show.total_seats - expected[show.id]:
+            available = body.get("available_seats") if isinstance(body, dict) else None
+            if isinstance(available, bool) or not isinstance(available, int):
+                raise Unverifiable(
+                    f"GET /api/shows/{show.id}/ answered {_excerpt(body)}: no available_seats"
+                )
+            free = bounds[show.id].left_of(show.total_seats)
+            if available not in free:
                 problems.append(
                     f"show {show.id}: available_seats {available}, but total {show.total_seats}"
-                    f" - booked {expected[show.id]} = {show.total_seats - expected[show.id]}"
+                    f" - booked {bounds[show.id]} = {free}"
                 )
         checked.append("available_seats == total_seats - booked (shows this run owns)")
 
     async def verify_database(
-        self, expected: dict[int, int], problems: list[str], checked: list[str]
+        self, bounds: dict[int, Bounds], problems: list[str], checked: list[str]
     ) -> None:
         show_ids = [s.id for s in self.shows]
         conn = await asyncpg.connect(self.cfg.database_url)
@@ -1064,19 +1300,18 @@ class Harness:
         by_id = {int(r["id"]): r for r in rows}
         for booking_id, show_id, seat, user_id in self.stats.sold:
             row = by_id.get(booking_id)
-            want = "cancelled" if booking_id in self.stats.cancelled else "booked"
+            want = self.expected_status(booking_id)
             if row is None:
                 problems.append(f"PostgreSQL: booking {booking_id} (a 201) has no row")
-            elif (int(row["show_id"]), row["seat_number"], row["status"], int(row["user_id"])) != (
+            elif (int(row["show_id"]), row["seat_number"], int(row["user_id"])) != (
                 show_id,
                 seat,
-                want,
                 user_id,
-            ):
+            ) or (want is not None and row["status"] != want):
                 problems.append(
                     f"PostgreSQL: booking {booking_id} is show {row['show_id']} seat "
                     f"{row['seat_number']} {row['status']} user {row['user_id']}, expected show "
-                    f"{show_id} seat {seat} {want} user {user_id}"
+                    f"{show_id} seat {seat} {want or 'booked or cancelled'} user {user_id}"
                 )
         held: Counter[tuple[int, str]] = Counter(
             (int(r["show_id"]), r["seat_number"]) for r in rows if r["status"] == "booked"
@@ -1090,11 +1325,57 @@ class Harness:
                 r for r in rows if r["status"] == "booked" and int(r["show_id"]) == show.id
             ]
             n = len(booked_rows if show.owned else [r for r in booked_rows if r["user_id"] in ours])
-            if n != expected[show.id]:
+            if n not in bounds[show.id]:
                 problems.append(
-                    f"PostgreSQL: show {show.id} has {n} booked rows, the API {expected[show.id]}"
+                    f"PostgreSQL: show {show.id} has {n} booked rows, the API {bounds[show.id]}"
                 )
         checked.append("PostgreSQL: every 201 a row, no seat booked twice, booked rows per show")
+
+
+class Unverifiable(Exception):
+    """A check that cannot be made: the server's answer is not the contract's."""
+
+
+class Drain(NamedTuple):
+    """How persistence drained after the run, as GET /health/ready reported it."""
+
+    seconds: float | None  # until pending_records was 0; None if it was not seen to be
+    pending: int | None  # the last pending_records reported
+    oldest_s: float | None  # the last persistence_lag_s: age of the oldest unpersisted 201
+    reported: bool  # whether /health/ready reports pending_records at all
+
+
+class Bounds(NamedTuple):
+    """The fewest and the most of something, both included: exact when equal."""
+
+    low: int
+    high: int
+
+    def __contains__(self, n: object) -> bool:
+        return isinstance(n, int) and self.low <= n <= self.high
+
+    def left_of(self, total: int) -> Bounds:
+        """total - this."""
+        return Bounds(total - self.high, total - self.low)
+
+    def __str__(self) -> str:
+        if self.low == self.high:
+            return str(self.low)
+        return f"{self.low} to {self.high} (outcomes of {self.high - self.low} unknown)"
+
+
+def my_booking(booking: Any) -> tuple[int, int, str]:
+    """(id, show id, status) of a booking in my-bookings; Unverifiable if it lacks one."""
+    show = booking.get("show") if isinstance(booking, dict) else None
+    booking_id = _positive_int(booking.get("id")) if isinstance(booking, dict) else None
+    show_id = _positive_int(show.get("id")) if isinstance(show, dict) else None
+    status = booking.get("status") if isinstance(booking, dict) else None
+    if booking_id is None or show_id is None or not isinstance(status, str):
+        raise Unverifiable(
+            f"GET /api/my-bookings/ listed {_excerpt(booking)}: not a booking with an id, a "
+            "show and a status"
+        )
+    return booking_id, show_id, status
 
 
 # --- the client's own ceiling ------------------------------------------------------------------
@@ -1296,7 +1577,7 @@ def write_plot(path: str, rec: Recorder, wall: float, title: str, success: int =
 
 
 def summarise(
-    h: Harness, wall: float, cpu: float, lag: float | None, ceiling: Ceiling | None = None
+    h: Harness, wall: float, cpu: float, drain: Drain | None, ceiling: Ceiling | None = None
 ) -> dict[str, Any]:
     rec = h.rec
     n = len(rec)
@@ -1339,6 +1620,12 @@ def summarise(
         "login_200_p50_ms": round(percentile(logged_in, 50) * 1000, 2) if logged_in else None,
         "login_200_p99_ms": round(percentile(logged_in, 99) * 1000, 2) if logged_in else None,
         "errors": sum(h.stats.errors.values()),
+        "no_answer": rec.status.count(0),
+        "turned_away_503": h.stats.turned_away,
+        "unknown_outcomes": sum(h.stats.unknown_books.values())
+        + sum(h.stats.unknown_cancels.values()),
+        "unknown_books": sum(h.stats.unknown_books.values()),
+        "unknown_cancels": sum(h.stats.unknown_cancels.values()),
         "errors_by_status": dict(sorted(h.stats.errors.items())),
         "statuses": dict(sorted(statuses.items())),
         "by_kind": dict(sorted(by_kind.items())),
@@ -1352,8 +1639,14 @@ def summarise(
         "client_limited": bool(
             cpu_share >= CLIENT_CPU_WARNING or (used is not None and used >= CLIENT_CEILING_WARNING)
         ),
-        "persistence_lag_s": None if lag is None or lag == float("inf") else round(lag, 3),
-        "persistence_drained": lag is not None and lag != float("inf"),
+        "persistence_lag_s": round(drain.seconds, 3)
+        if drain and drain.seconds is not None
+        else None,
+        "persistence_drained": bool(drain and drain.seconds is not None),
+        "persistence_reported": bool(drain and drain.reported),
+        "persistence_pending": drain.pending if drain else None,
+        "persistence_oldest_s": drain.oldest_s if drain else None,
+        "persistence_deadline_s": h.cfg.lag_deadline_s,
         "health_live_p50_ms": round(percentile(health, 50) * 1000, 2) if health else None,
         "health_live_p99_ms": round(percentile(health, 99) * 1000, 2) if health else None,
         "health_live_errors": h.stats.health_errors,
@@ -1382,6 +1675,7 @@ def print_table(fig: dict[str, Any], out: TextIO) -> None:
         rows.append(
             ("successful logins (200)", f"{fig['logins_200']}  ({fig['logins_per_s']:.1f}/s)")
         )
+        rows.append(("turned away (503 with Retry-After)", str(fig["turned_away_503"])))
         if fig["login_200_p50_ms"] is not None:
             rows.append(
                 (
@@ -1397,6 +1691,11 @@ def print_table(fig: dict[str, Any], out: TextIO) -> None:
             ),
             ("conflicts (409)", str(fig["conflicts_409"])),
             ("successful cancels (200)", str(fig["cancels_200"])),
+            (
+                "outcomes unknown (no answer, 5xx)",
+                f"{fig['unknown_outcomes']}  ({fig['unknown_books']} books, "
+                f"{fig['unknown_cancels']} cancels)",
+            ),
         ]
     rows += [
         (
@@ -1408,6 +1707,7 @@ def print_table(fig: dict[str, Any], out: TextIO) -> None:
                 else ""
             ),
         ),
+        ("requests with no answer", str(fig["no_answer"])),
         (
             "latency p50 / p90 / p99 / p99.9 / max",
             f"{fig['p50_ms']:.1f} / {fig['p90_ms']:.1f} / {fig['p99_ms']:.1f} / "
@@ -1435,11 +1735,8 @@ def print_table(fig: dict[str, Any], out: TextIO) -> None:
                 f" {fig['health_live_errors']} errors",
             )
         )
-    lag = fig["persistence_lag_s"]
-    if fig["persistence_drained"]:
-        rows.append(("persistence lag after the run", f"{lag:.2f} s until pending_records = 0"))
-    elif fig.get("persistence_lag_s") is None and fig["scenario"] != "login":
-        rows.append(("persistence lag after the run", "not reported by /health/ready (or > 30 s)"))
+    if fig["scenario"] != "login":
+        rows.append(("persistence lag after the run", persistence_line(fig)))
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
         print(f"{key:<{width}}  {value}", file=out)
@@ -1456,16 +1753,54 @@ def print_table(fig: dict[str, Any], out: TextIO) -> None:
         )
 
 
+def persistence_line(fig: dict[str, Any]) -> str:
+    """How persistence drained after the run, in the figures' words."""
+    if fig["persistence_drained"]:
+        return f"{fig['persistence_lag_s']:.2f} s until pending_records = 0"
+    if not fig["persistence_reported"]:
+        return "persistence lag not reported (GET /health/ready gives no pending_records)"
+    oldest = fig["persistence_oldest_s"]
+    return (
+        f"persistence did not drain within {fig['persistence_deadline_s']:g} s: "
+        f"{fig['persistence_pending']} pending "
+        f"(lag {f'{oldest:.1f} s' if oldest is not None else 'not reported'})"
+    )
+
+
+def unclean(fig: dict[str, Any]) -> str | None:
+    """Why the run was not clean (its figures are not the server's answers to what was asked
+    of it), or None: requests that got no answer, answers the scenario does not expect."""
+    why = []
+    if fig["no_answer"]:
+        why.append(f"{fig['no_answer']} requests got no answer")
+    answered = {
+        k: v for k, v in fig["errors_by_status"].items() if k.split(" ", 1)[1][:1].isdigit()
+    }
+    if answered:
+        listed = ", ".join(f"{k}: {v}" for k, v in answered.items())
+        why.append(f"{sum(answered.values())} unexpected answers ({listed})")
+    return "; ".join(why) or None
+
+
 def unwritable(path: str) -> str | None:
-    """Why a file cannot be written at this path (checked before the run), or None."""
+    """Why a file cannot be written at this path (checked before the run), or None. The file
+    is opened for appending (and removed again if that created it): permission bits alone say
+    nothing to root, nor about /proc or a read-only file system."""
     target = Path(path)
     if target.is_dir():
         return "is a directory"
     parent = target.parent
     if not parent.is_dir():
         return f"no such directory {str(parent)!r}"
-    if not os.access(parent, os.W_OK) or (target.exists() and not os.access(target, os.W_OK)):
-        return "not writable"
+    existed = target.exists()
+    try:
+        with target.open("a"):
+            pass
+    except OSError as exc:
+        return exc.strerror or "not writable"
+    if not existed:
+        with contextlib.suppress(OSError):
+            target.unlink()
     return None
 
 
@@ -1481,6 +1816,8 @@ def config_problem(cfg: Config) -> str | None:
         return "--requests must be at least 1"
     if cfg.duration is not None and not cfg.duration > 0:
         return "--duration must be more than 0 seconds"
+    if cfg.duration is not None and not cfg.duration <= MAX_DURATION_S:  # inf included
+        return f"--duration must be at most {MAX_DURATION_S:.0f} seconds (a day)"
     for name, value in (
         ("--users", cfg.users),
         ("--shows", cfg.show_count),
@@ -1488,11 +1825,8 @@ def config_problem(cfg: Config) -> str | None:
     ):
         if value is not None and value < 1:
             return f"{name} must be at least 1"
-    for name, path in (("--json", cfg.json_path), ("--plot", cfg.plot_path)):
-        if path:
-            problem = unwritable(path)
-            if problem:
-                return f"{name} {path}: {problem}"
+    if cfg.seats is not None and cfg.seats > MAX_SEATS:
+        return f"--seats must be at most {MAX_SEATS} (the contract's bound on total_seats)"
     for url in (cfg.url, cfg.auth_url):
         if url is not None:
             try:
@@ -1501,19 +1835,29 @@ def config_problem(cfg: Config) -> str | None:
                 return str(exc)
     if cfg.plot_path and not plot_available():
         return PLOT_MISSING.removeprefix("error: ")
+    for name, path in (("--json", cfg.json_path), ("--plot", cfg.plot_path)):
+        if path:
+            problem = unwritable(path)
+            if problem:
+                return f"{name} {path}: {problem}"
     return None
 
 
 async def run(cfg: Config) -> tuple[int, dict[str, Any]]:
     """The harness, in-process: (exit code, figures). Prints the table to cfg.out.
 
-    Exit code 2 when the configuration is unusable, the setup failed or a check could not be
-    made (PostgreSQL unreachable, say), 1 when an invariant is broken, else 0."""
-    out = cfg.out or sys.stdout
+    Exit code 2 when the configuration is unusable, the setup failed, a check could not be
+    made (PostgreSQL or the API unreachable after the run, say) or the run was not clean
+    (requests without an answer, answers the scenario does not expect), 1 when an invariant is
+    broken (whatever else), else 0. (Ctrl-C: `python -m engine` says "interrupted", exit 130.)"""
     problem = config_problem(cfg)
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return 2, {}
+    return await _run(cfg, cfg.out or sys.stdout)
+
+
+async def _run(cfg: Config, out: TextIO) -> tuple[int, dict[str, Any]]:
     connector = aiohttp.TCPConnector(limit=cfg.concurrency, keepalive_timeout=60)
     timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
@@ -1521,8 +1865,18 @@ async def run(cfg: Config) -> tuple[int, dict[str, Any]]:
         try:
             await h.make_users()
             await h.make_catalog()
-        except (SetupError, aiohttp.ClientError, OSError) as exc:
+        except SetupError as exc:
             print(f"error: setting up the run failed: {exc}", file=sys.stderr)
+            return 2, {}
+        except (aiohttp.ClientError, OSError) as exc:
+            print(f"error: setting up the run failed: {str(exc) or repr(exc)}", file=sys.stderr)
+            return 2, {}
+        except (KeyError, TypeError, ValueError) as exc:
+            print(
+                "error: setting up the run failed: an answer without the contract's fields "
+                f"({exc!r})",
+                file=sys.stderr,
+            )
             return 2, {}
         ceiling: Ceiling | None = None
         if cfg.client_ceiling:
@@ -1532,16 +1886,17 @@ async def run(cfg: Config) -> tuple[int, dict[str, Any]]:
             except OSError as exc:
                 h.notes.append(f"client ceiling not measured: {exc}")
         wall, cpu = await h.run_clock()
-        lag = await h.persistence_lag() if cfg.scenario != "login" else None
-        await h.clock("drained")
-        await h.refresh_tokens()  # the run may have outlived them
-        problems, checked = await h.verify()
-    fig = summarise(h, wall, cpu, lag, ceiling)
+        problems: list[str] = []
+        checked: list[str] = []
+        drain = await h.after_run(problems, checked)
+    fig = summarise(h, wall, cpu, drain, ceiling)
     fig["verified"] = checked
     fig["problems"] = problems
     fig["notes"] = h.notes
     fig["unverified"] = h.unverified
-    code = 1 if problems else 2 if h.unverified else 0
+    not_clean = unclean(fig)
+    fig["clean"] = not_clean is None
+    code = 1 if problems else 2 if h.unverified or not_clean else 0
     if cfg.plot_path:
         title = f"{cfg.scenario} against {h.url}, concurrency {cfg.concurrency}"
         try:
@@ -1551,6 +1906,14 @@ async def run(cfg: Config) -> tuple[int, dict[str, Any]]:
         except OSError as exc:
             print(f"error: writing the plot failed: {exc}", file=sys.stderr)
             code = code or 2
+    for show_id, seat in sorted(h.stats.rejected_seats.items()):
+        labels = h.shows_by_id[show_id].labels
+        print(
+            f"error: show {show_id} answered 400 to seat {seat!r}: its seats are not labelled "
+            f"as this run assumed ({labels[0]} to {labels[-1]}); give --admin-user/"
+            "--admin-password so that its rows can be read, or another show",
+            file=sys.stderr,
+        )
     print_table(fig, out)
     for note in h.notes:
         print(f"note: {note}", file=out)
@@ -1561,9 +1924,15 @@ async def run(cfg: Config) -> tuple[int, dict[str, Any]]:
     else:
         print("verified: " + "; ".join(checked), file=out)
     for what in h.unverified:
-        print(f"NOT VERIFIED: could not check in {what}", file=out)
+        print(f"NOT VERIFIED: {what}", file=out)
+    if not_clean:
+        print(f"NOT CLEAN: {not_clean}", file=out)
     if cfg.json_path:
-        await asyncio.to_thread(Path(cfg.json_path).write_text, json.dumps(fig, indent=2))
+        try:
+            await asyncio.to_thread(Path(cfg.json_path).write_text, json.dumps(fig, indent=2))
+        except OSError as exc:
+            print(f"error: writing --json {cfg.json_path} failed: {exc}", file=sys.stderr)
+            code = code or 2
     return code, fig
 
 

@@ -1,7 +1,11 @@
 """The load-test harness, in-process: small runs against the real service (PostgreSQL checked
 too, and a row deleted from it caught), fake contract servers that sell a seat twice, lose a
 booking from my-bookings or miscount available_seats, which the harness must catch, and the lean
-HTTP client of the measured loop against servers that close connections or answer chunked."""
+HTTP client of the measured loop against servers that close connections or answer chunked.
+Then what must not pass for clean, nor crash or hang the harness: a server that goes away
+mid-run, 500s after a booking or a cancel was made, odd answers (a 201 without an id, a
+my-bookings that is not JSON or whose `next` loops, absurd total_seats, seats in rows), a
+verification that hangs, persistence that does not drain, refused arguments and Ctrl-C."""
 
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ import itertools
 import json
 import os
 import random
+import signal
 import subprocess
 import sys
 import time
@@ -82,6 +87,14 @@ async def persister(pg: asyncpg.Pool, redis: ArqRedis) -> AsyncIterator[None]:
 
 def output(cfg: Config) -> str:
     return cfg.out.getvalue() if isinstance(cfg.out, io.StringIO) else ""
+
+
+def table_row(text: str, key: str) -> str | None:
+    """The value of one row of the printed table (its keys are padded to one width)."""
+    for line in text.splitlines():
+        if line.startswith(key + "  "):
+            return line[len(key) :].strip()
+    return None
 
 
 async def test_flash_run_sells_each_seat_once(
@@ -168,18 +181,32 @@ def contract_app(
     busy: Callable[[], bool] = lambda: False,
     close_every: int = 0,
     chunked: bool = False,
+    book_then_500: int = 0,
+    no_id: bool = False,
+    my_bookings_fault: str = "",
+    total_seats: int | None = None,
+    pending: int | None = None,
+    cancel_then_500: int = 0,
 ) -> web.Application:
     """Enough of the contract for a flash run. `sell_twice`: seat "1" of every show is sold
     twice; `forget_one`: the first booking answered 201 is missing from its owner's
     my-bookings; `miscount`: available_seats is one more than it is; `busy()`: logins answer 503
     with Retry-After: 1 while it is true; `close_every`: every Nth
     answer says `Connection: close` and the connection is closed; `chunked`: every answer is
-    sent with `Transfer-Encoding: chunked`, in pieces."""
+    sent with `Transfer-Encoding: chunked`, in pieces. `book_then_500`: every Nth booking (of
+    a seat other than "1") is made but answered 500; `cancel_then_500`: every Nth cancel is
+    made but answered 500; `no_id`: a 201's body has no id; `my_bookings_fault`: "not-json",
+    "loop" (`next` is the same page) or "hang" (2 s a page); `total_seats`: what the shows
+    claim to have; `pending`: /health/ready is served and reports this many records pending,
+    for ever. Show 1000 exists from the start, with rows of seats (A1 ... B5), not numbered ones."""
     ids = itertools.count(1)
     answers = itertools.count(1)
+    books = itertools.count(1)
+    cancels = itertools.count(1)
     users: dict[str, int] = {}
     sold: dict[tuple[int, str], int] = {}
-    shows: dict[int, int] = {}
+    shows: dict[int, int] = {1000: 10}
+    labelled = {1000: {f"{r}{c}" for r in "AB" for c in range(1, 6)}}
     bookings: dict[str, list[dict[str, Any]]] = {}  # by access token
 
     async def signup(request: web.Request) -> web.Response:
@@ -200,7 +227,8 @@ def contract_app(
         body = await request.json()
         show_id = next(ids)
         shows[show_id] = int(body["total_seats"])
-        return web.json_response({"id": show_id, "total_seats": shows[show_id]}, status=201)
+        claimed = shows[show_id] if total_seats is None else total_seats
+        return web.json_response({"id": show_id, "total_seats": claimed}, status=201)
 
     async def get_show(request: web.Request) -> web.Response:
         show_id = int(request.match_info["id"])
@@ -208,20 +236,32 @@ def contract_app(
         return web.json_response(
             {
                 "id": show_id,
-                "total_seats": shows[show_id],
+                "total_seats": shows[show_id] if total_seats is None else total_seats,
                 "available_seats": shows[show_id] - booked + (1 if miscount else 0),
             }
         )
 
+    async def admin_show(request: web.Request) -> web.Response:
+        show_id = int(request.match_info["id"])
+        rows = {"rows": 2, "seats_per_row": 5} if show_id in labelled else {}
+        return web.json_response({"id": show_id, "total_seats": shows[show_id], **rows})
+
     async def my_bookings(request: web.Request) -> web.Response:
+        if my_bookings_fault == "not-json":
+            return web.Response(text="<html>oops</html>", content_type="text/html")
+        if my_bookings_fault == "hang":
+            await asyncio.sleep(2)
         mine = bookings.get(request.headers.get("Authorization", ""), [])
+        looping = str(request.url) if my_bookings_fault == "loop" else None
         return web.json_response(
-            {"count": len(mine), "next": None, "previous": None, "results": mine}
+            {"count": len(mine), "next": looping, "previous": None, "results": mine}
         )
 
     async def book(request: web.Request) -> web.Response:
         show_id = int(request.match_info["id"])
         seat = str((await request.json())["seat_number"])
+        if show_id in labelled and seat not in labelled[show_id]:
+            return web.json_response({"detail": "No such seat."}, status=400)
         count = sold.get((show_id, seat), 0)
         if count >= (2 if sell_twice and seat == "1" else 1):
             return web.json_response({"detail": "taken"}, status=409)
@@ -230,7 +270,26 @@ def contract_app(
         booking["status"] = "booked"
         if not (forget_one and sum(sold.values()) == 1):
             bookings.setdefault(request.headers.get("Authorization", ""), []).append(booking)
-        return web.json_response(booking, status=201)
+        if book_then_500 and seat != "1" and next(books) % book_then_500 == 0:
+            return web.json_response({"detail": "oops"}, status=500)
+        return web.json_response({} if no_id else booking, status=201)
+
+    async def cancel(request: web.Request) -> web.Response:
+        booking_id = int(request.match_info["id"])
+        mine = bookings.get(request.headers.get("Authorization", ""), [])
+        booking = next(b for b in mine if b["id"] == booking_id)
+        if booking["status"] == "booked":
+            booking["status"] = "cancelled"
+            sold[(booking["show"]["id"], booking["seat_number"])] -= 1
+        if cancel_then_500 and next(cancels) % cancel_then_500 == 0:
+            return web.json_response({"detail": "oops"}, status=500)
+        return web.json_response(booking)
+
+    async def movies(request: web.Request) -> web.Response:
+        return web.json_response({"count": 0, "next": None, "previous": None, "results": []})
+
+    async def ready(request: web.Request) -> web.Response:
+        return web.json_response({"pending_records": pending, "persistence_lag_s": 4.0})
 
     @web.middleware
     async def framing(
@@ -264,24 +323,27 @@ def contract_app(
     app.router.add_get("/api/shows/{id}/", get_show)
     app.router.add_post("/api/shows/{id}/book/", book)
     app.router.add_get("/api/my-bookings/", my_bookings)
+    app.router.add_get("/api/admin/shows/{id}/", admin_show)
+    app.router.add_post("/api/bookings/{id}/cancel/", cancel)
+    app.router.add_get("/api/movies/", movies)
+    if pending is not None:
+        app.router.add_get("/health/ready", ready)
     return app
 
 
 def fake_config(url: str, out: io.StringIO, **kw: Any) -> Config:
-    return Config(
-        url=url,
-        scenario="flash",
-        requests=200,
-        seats=10,
-        concurrency=10,
-        users=5,
-        admin_user="admin",
-        admin_password="whatever-pass",
-        progress=False,
-        client_ceiling=False,
-        out=out,
-        **kw,
-    )
+    defaults: dict[str, Any] = {
+        "scenario": "flash",
+        "requests": 200,
+        "seats": 10,
+        "concurrency": 10,
+        "users": 5,
+        "admin_user": "admin",
+        "admin_password": "whatever-pass",
+        "progress": False,
+        "client_ceiling": False,
+    }
+    return Config(url=url, out=out, **{**defaults, **kw})
 
 
 @pytest.mark.parametrize(
@@ -509,15 +571,18 @@ def test_only_http_urls() -> None:
         parse_endpoint("https://example.com")
 
 
+# The environment of `python -m engine loadtest` in a child process: dummy, unused services.
+CLI_ENV = {
+    "DATABASE_URL": "postgresql://unused@127.0.0.1:1/unused",
+    "REDIS_URL": "redis://127.0.0.1:1/0",
+    "JWT_SECRET": "unused-but-long-enough-secret",
+    "LOG_LEVEL": "WARNING",
+}
+
+
 def cli(*args: str, prelude: str = "") -> subprocess.CompletedProcess[str]:
     """`python -m engine loadtest ...` in a child process (env with dummy, unused services)."""
-    env = {
-        **os.environ,
-        "DATABASE_URL": "postgresql://unused@127.0.0.1:1/unused",
-        "REDIS_URL": "redis://127.0.0.1:1/0",
-        "JWT_SECRET": "unused-but-long-enough-secret",
-        "LOG_LEVEL": "WARNING",
-    }
+    env = {**os.environ, **CLI_ENV}
     code = "\n".join(
         ["import sys", prelude, "from engine.__main__ import main", "sys.exit(main(sys.argv[1:]))"]
     )
@@ -587,7 +652,10 @@ async def test_a_503_with_retry_after_pauses_that_worker() -> None:
     assert fig["statuses"] == {"login 503": fig["requests"]}, fig["statuses"]
     assert 5 <= fig["requests"] <= 15, fig["requests"]
     assert 1.5 <= fig["wall_s"] < 3
-    assert fig["logins_200"] == 0 and "login 503" in out.getvalue()
+    assert fig["logins_200"] == 0
+    # The server turning callers away by design: counted apart, not errors (the run is clean).
+    assert fig["turned_away_503"] == fig["requests"] and fig["errors"] == 0 and fig["clean"]
+    assert table_row(out.getvalue(), "turned away (503 with Retry-After)") == str(fig["requests"])
 
 
 async def test_plot_is_a_png(
@@ -697,6 +765,15 @@ async def test_a_database_it_cannot_check_is_reported_not_a_traceback(
         (["--requests", "5", "--seats", "0"], "--seats must be at least 1"),
         (["--requests", "5", "--json", "/proc/nope/x.json"], "--json /proc/nope/x.json: no such"),
         (["--requests", "5", "--plot", "/"], "--plot /: is a directory"),
+        (["--requests", "5", "--json", "/sys/x.json"], "--json /sys/x.json: Permission denied"),
+        (["--requests", "5", "--seats", "10001"], "--seats must be at most 10000"),
+        (["--duration", "86401"], "--duration must be at most 86400 seconds"),
+        (["--duration", "inf"], "--duration must be at most 86400 seconds"),
+        (["--duration", "nan"], "--duration must be more than 0"),
+        (["--requests", "5", "--url", "http://127.0.0.1:1/?x=1"], "no query (?) or fragment"),
+        (["--requests", "5", "--url", "http://127.0.0.1:1/#top"], "no query (?) or fragment"),
+        (["--requests", "5", "--url", "http://127.0.0.1:0"], "the port must be a number from 1"),
+        (["--requests", "5", "--url", "http://127.0.0.1:99999"], "the port must be a number"),
     ],
 )
 def test_cli_refuses_bad_arguments_before_sending_anything(args: list[str], message: str) -> None:
@@ -741,3 +818,235 @@ async def test_setup_requests_answered_503_are_retried() -> None:
         with pytest.raises(SetupError, match="503"):
             await h._post(url, "/down", {})
         assert len(seen) == SETUP_TRIES
+
+
+# --- an unclean run, a server that goes away, odd answers -------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def stoppable(
+    app: web.Application,
+) -> AsyncIterator[tuple[str, Callable[[], Awaitable[None]]]]:
+    """As `serving`, and a coroutine function that stops the server (its port then refuses)."""
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    stopped = False
+
+    async def stop() -> None:
+        nonlocal stopped
+        if not stopped:
+            stopped = True
+            await runner.cleanup()
+
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}", stop
+    finally:
+        await stop()
+
+
+async def test_an_api_that_goes_away_is_backed_off_from_and_unverified() -> None:
+    """The server stops as the clock starts: every worker backs off (50 ms doubling, not a
+    reconnect loop), the verification after the run cannot reach it, and the run ends with its
+    figures printed, exit 2, well within its bounds."""
+    out = io.StringIO()
+    async with stoppable(contract_app()) as (url, stop):
+
+        async def on_clock(event: str) -> None:
+            if event == "start":
+                await stop()
+
+        cfg = fake_config(url, out, on_clock=on_clock, concurrency=3, lag_deadline_s=0.3)
+        cfg.requests, cfg.duration = None, 1.0
+        started = time.monotonic()
+        code, fig = await run(cfg)
+    text = out.getvalue()
+    assert code == 2, text
+    assert time.monotonic() - started < 4
+    # 50 + 100 + 200 + 400 ms, then the deadline: about 5 requests a worker, not thousands.
+    assert 3 <= fig["requests"] <= 24, fig["requests"]
+    assert fig["no_answer"] == fig["requests"] == fig["unknown_outcomes"]
+    assert not fig["problems"] and not fig["clean"]
+    assert "NOT VERIFIED: could not check through the API" in text
+    assert f"NOT CLEAN: {fig['requests']} requests got no answer" in text
+    assert "requests/s" in text and table_row(text, "requests with no answer") == str(
+        fig["requests"]
+    )
+
+
+async def test_a_500_is_unclean_and_its_booking_is_tolerated(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Every 3rd booking is made but answered 500: the run is not clean (exit 2, not 0), and
+    my-bookings and available_seats, which count those bookings, are not a broken invariant
+    (exit 1): each 500 makes its show's count uncertain by one."""
+    out = io.StringIO()
+    async with serving(contract_app(book_then_500=3)) as url:
+        code, fig = await run(fake_config(url, out))
+    text = out.getvalue()
+    assert code == 2, text
+    assert fig["bookings_201"] == 7 and fig["unknown_books"] == 3, fig
+    assert fig["errors_by_status"] == {"book 500": 3}
+    assert not fig["problems"], fig["problems"]
+    assert any("my-bookings" in c for c in fig["verified"])
+    assert any("available_seats" in c for c in fig["verified"])
+    assert "NOT CLEAN: 3 unexpected answers (book 500: 3)" in text
+    assert table_row(text, "outcomes unknown (no answer, 5xx)") == "3  (3 books, 0 cancels)"
+    assert "Traceback" not in capsys.readouterr().err
+
+
+async def test_a_cancel_answered_500_is_tolerated() -> None:
+    """Every 2nd cancel is made but answered 500: its booking may be booked or cancelled (and
+    its seat booked again), its show's count is uncertain by one; exit 2, not 1."""
+    out = io.StringIO()
+    async with serving(contract_app(cancel_then_500=2)) as url:
+        cfg = fake_config(url, out, scenario="mixed", requests=600, show_count=1, seed=3)
+        code, fig = await run(cfg)
+    text = out.getvalue()
+    assert code == 2, text
+    assert fig["unknown_cancels"] >= 2 and fig["cancels_200"] >= 2, fig
+    assert not fig["problems"], fig["problems"]
+    assert set(fig["errors_by_status"]) == {"cancel 500"}
+    assert any("my-bookings" in c for c in fig["verified"])
+
+
+async def test_a_seat_sold_twice_is_still_caught_with_unknown_outcomes() -> None:
+    """The tolerance is for counts: a seat in two 201s stays a broken invariant (exit 1)."""
+    out = io.StringIO()
+    async with serving(contract_app(sell_twice=True, book_then_500=4)) as url:
+        code, fig = await run(fake_config(url, out))
+    assert code == 1, out.getvalue()
+    assert fig["unknown_books"] > 0
+    assert "sold twice" in out.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("fault", "expected"),
+    [
+        ({"no_id": True}, "NOT CLEAN: 10 unexpected answers (book 201 without a booking id: 10)"),
+        (
+            {"my_bookings_fault": "not-json"},
+            "NOT VERIFIED: GET /api/my-bookings/ answered '<html>oops</html>', not a page",
+        ),
+        ({"my_bookings_fault": "loop"}, "NOT VERIFIED: GET /api/my-bookings/: the next link"),
+    ],
+    ids=["201-without-id", "my-bookings-not-json", "my-bookings-next-loops"],
+)
+async def test_odd_answers_are_reported_not_a_traceback(
+    fault: dict[str, Any], expected: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = io.StringIO()
+    async with serving(contract_app(**fault)) as url:
+        code, fig = await asyncio.wait_for(run(fake_config(url, out)), 10)
+    text = out.getvalue()
+    assert code == 2, text
+    assert expected in text
+    assert "requests/s" in text and "Traceback" not in capsys.readouterr().err
+
+
+async def test_a_verification_that_hangs_is_cut_short() -> None:
+    out = io.StringIO()
+    async with serving(contract_app(my_bookings_fault="hang")) as url:
+        cfg = fake_config(url, out, verify_deadline_s=0.5)
+        started = time.monotonic()
+        code, _ = await run(cfg)
+        assert code == 2 and time.monotonic() - started < 2
+    assert "NOT VERIFIED: the verification did not finish within 0.5 s" in out.getvalue()
+
+
+@pytest.mark.parametrize("shows", [[], [1000]], ids=["created", "given"])
+async def test_an_absurd_total_seats_is_refused(
+    shows: list[int], capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = io.StringIO()
+    async with serving(contract_app(total_seats=10**12)) as url:
+        code, _ = await asyncio.wait_for(run(fake_config(url, out, shows=shows)), 10)
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "the server gave total_seats 1000000000000, not a number of seats from 1 to 10000" in err
+    assert "Traceback" not in err
+
+
+async def test_a_given_show_with_rows_of_seats(capsys: pytest.CaptureFixture[str]) -> None:
+    """Show 1000 has seats A1 ... B5. With an admin, the harness reads its rows and books those
+    labels; without one, it books "1" ... and is told so, clearly."""
+    out = io.StringIO()
+    async with serving(contract_app()) as url:
+        code, fig = await run(fake_config(url, out, shows=[1000]))
+        assert code == 0, out.getvalue()
+        assert fig["bookings_201"] == 10 and fig["errors"] == 0
+        cfg = fake_config(url, io.StringIO(), shows=[1000])
+        cfg.admin_user = cfg.admin_password = None
+        code, fig = await run(cfg)
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "error: show 1000 answered 400 to seat" in err
+    assert "its seats are not labelled as this run assumed (1 to 10)" in err
+    assert "Traceback" not in err
+
+
+async def test_persistence_that_does_not_drain_is_told_apart_from_no_figure() -> None:
+    out = io.StringIO()
+    async with serving(contract_app(pending=3)) as url:
+        code, fig = await run(fake_config(url, out, lag_deadline_s=0.3))
+    assert code == 0, out.getvalue()
+    assert not fig["persistence_drained"] and fig["persistence_pending"] == 3
+    assert "persistence did not drain within 0.3 s: 3 pending (lag 4.0 s)" in out.getvalue()
+    out = io.StringIO()
+    async with serving(contract_app()) as url:
+        code, fig = await run(fake_config(url, out))
+    assert code == 0 and not fig["persistence_reported"]
+    assert "persistence lag not reported" in out.getvalue()
+    assert "did not drain" not in out.getvalue()
+
+
+async def test_a_json_file_that_cannot_be_written_after_the_run_is_exit_2(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    out = io.StringIO()
+    async with serving(contract_app()) as url:
+        code, _ = await run(fake_config(url, out, json_path="/dev/full"))
+    err = capsys.readouterr().err
+    assert code == 2 and "error: writing --json /dev/full failed" in err
+    assert "Traceback" not in err
+
+
+async def test_ctrl_c_during_a_run_says_interrupted_and_exits_130() -> None:
+    """`python -m engine loadtest` in a child process, SIGINT sent to it by pid mid-run."""
+    async with serving(contract_app()) as url:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "engine",
+            "loadtest",
+            "--url",
+            url,
+            "--duration",
+            "30",
+            "--users",
+            "2",
+            "--concurrency",
+            "2",
+            "--admin-user",
+            "admin",
+            "--admin-password",
+            "whatever-pass",
+            "--no-client-ceiling",
+            stderr=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            env={**os.environ, **CLI_ENV},
+        )
+        try:
+            assert proc.stderr is not None
+            # the first progress line: the clock runs
+            line = await asyncio.wait_for(proc.stderr.readline(), 20)
+            assert b"req/s" in line, line
+            proc.send_signal(signal.SIGINT)
+            _, err = await asyncio.wait_for(proc.communicate(), 20)
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+    assert proc.returncode == 130, err
+    assert b"interrupted" in err and b"Traceback" not in err

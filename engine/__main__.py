@@ -366,7 +366,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     bn = sub.add_parser("bench", help="flash and spread: the bare claim ceiling vs our engine")
     bn.add_argument("--flash-requests", type=int, default=10000)
     bn.add_argument("--flash-seats", type=int, default=1000)
-    bn.add_argument("--spread-requests", type=int, default=20000)
+    bn.add_argument("--spread-requests", type=int, default=50000)
     bn.add_argument("--concurrency", type=int, default=50)
     bn.add_argument("--users", type=int, default=50)
     bn.add_argument(

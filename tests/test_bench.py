@@ -200,3 +200,5 @@ def test_targets_are_judged_and_a_disturbed_ceiling_is_flagged() -> None:
     assert "p99 30.0 ms: MISSED" in text  # flash
     assert "WARNING: spread: the engine ran 1.40x its ceiling" in text
     assert "WARNING: flash" not in text
+    results[2]["spread"] = {"ceiling": _fig(10000), "engine": _fig(6990)}
+    assert "spread 0.69 of the ceiling; target 0.70: MISSED" in "\n".join(targets_report(results))

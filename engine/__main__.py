@@ -9,6 +9,7 @@ import getpass
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -33,7 +34,23 @@ def _use_uvloop() -> None:
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
+def port_problem(host: str, port: int) -> str | None:
+    """Why the API could not listen on host:port (taken, say), found before anything starts
+    rather than as a supervisor's crash loop; None when it can."""
+    try:
+        socket.create_server((host, port)).close()
+    except OSError as exc:
+        return (
+            f"cannot listen on {host}:{port}: {exc.strerror or exc} "
+            "(another server is there? stop it, or set PORT / HOST)"
+        )
+    return None
+
+
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
+    if not args.reuse_port and (problem := port_problem(settings.host, settings.port)):
+        print(f"error: {problem}", file=sys.stderr)
+        return 1
     if args.workers > 1:
         return _serve_many(args.workers)
     from aiohttp import web
@@ -97,8 +114,14 @@ def _supervise(
     first SIGINT, SIGTERM or SIGHUP stops the children gracefully; a second one kills them."""
     children = [_Child(module, argv, env) for argv in commands]
     stopping = False
+    told = False
+    signals: list[int] = []
 
     def stop(signum: int, _frame: object) -> None:
+        signals.append(signum)
+        halt()
+
+    def halt() -> None:
         nonlocal stopping
         again, stopping = stopping, True
         for child in children:
@@ -109,6 +132,9 @@ def _supervise(
         signal.signal(signum, stop)
     code = 0
     while children:
+        if signals and not told:  # logged here, not in the handler (which may interrupt a log)
+            told = True
+            log.info("%s: stopping %s", signal.Signals(signals[0]).name, _names(children))
         for child in list(children):
             rc = child.proc.poll()
             if rc is None:
@@ -129,7 +155,7 @@ def _supervise(
                 )
                 children.remove(child)
                 code = code or rc or 1
-                stop(signal.SIGTERM, None)
+                halt()
                 continue
             log.warning("%s exited %s: starting it again", child.name, rc)
             if child.quick_exits:
@@ -142,7 +168,13 @@ def _supervise(
             signal.sigtimedwait([signal.SIGCHLD], 0.2)
         except InterruptedError:
             pass
+    if told:
+        log.info("stopped" if code == 0 else f"stopped, exit {code}")
     return code
+
+
+def _names(children: list[_Child]) -> str:
+    return ", ".join(child.name for child in children)
 
 
 def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
@@ -213,6 +245,9 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
     """Everything: migrate, demo catalog if empty, then the API and the worker until Ctrl-C."""
+    if problem := port_problem(settings.host, settings.port):
+        print(f"error: {problem}", file=sys.stderr)
+        return 1
     cmd_migrate(settings, args)
     cmd_demo(settings, args)
     env = dict(os.environ)
@@ -311,6 +346,15 @@ def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
     return bench(args)
 
 
+class _ShowDefaults(argparse.ArgumentDefaultsHelpFormatter):
+    """--help with each option's default, where it has one."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.nargs == 0 or action.help is None:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m engine")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -327,18 +371,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub.add_parser("check", help="list differences between Redis and PostgreSQL (exit 1 if any)")
     sub.add_parser("reconcile", help="repair differences between Redis and PostgreSQL")
     sub.add_parser("stop-embedded", help="stop the embedded PostgreSQL and Redis servers")
-    lt = sub.add_parser("loadtest", help="load-test a server that speaks the contract")
+    defaults = _ShowDefaults
+    lt = sub.add_parser(
+        "loadtest",
+        help="load-test a server that speaks the contract",
+        description="Drive a server that speaks the contract, print its figures, then verify "
+        "the bookings. Scenarios: flash (one hot show, many more requests than seats), spread "
+        "(many shows, each seat tried once), mixed (80% browsing, 15% booking, 5% cancelling "
+        "and booking again), login (a login storm; /health/live probed meanwhile). Exit 0: "
+        "verified; 1: an invariant broken; 2: not verified or not clean; 130: interrupted.",
+        formatter_class=defaults,
+    )
     lt.add_argument(
         "--url", required=True, help="base URL, e.g. http://127.0.0.1:8000 (http only, no https)"
     )
-    lt.add_argument("--scenario", choices=("flash", "spread", "mixed", "login"), default="flash")
+    lt.add_argument(
+        "--scenario",
+        choices=("flash", "spread", "mixed", "login"),
+        default="flash",
+        help="see above",
+    )
     lt.add_argument("--requests", type=int, help="request budget")
     lt.add_argument("--duration", type=float, help="seconds to run (instead of --requests)")
     lt.add_argument("--concurrency", type=int, default=50, help="connections and workers")
     lt.add_argument("--users", type=int, default=50, help="users signed up before the run")
     lt.add_argument("--seed", type=int, default=1, help="seeds the random choices")
     lt.add_argument("--admin-user", help="admin to create the run's catalog with")
-    lt.add_argument("--admin-password")
+    lt.add_argument("--admin-password", help="that admin's password")
     lt.add_argument("--show", type=int, action="append", help="use this existing show (repeat)")
     lt.add_argument(
         "--own-shows",
@@ -363,12 +422,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_false",
         help="skip measuring the client's own ceiling (~2 s against a trivial local endpoint)",
     )
-    bn = sub.add_parser("bench", help="flash and spread: the bare claim ceiling vs our engine")
-    bn.add_argument("--flash-requests", type=int, default=10000)
-    bn.add_argument("--flash-seats", type=int, default=1000)
-    bn.add_argument("--spread-requests", type=int, default=50000)
-    bn.add_argument("--concurrency", type=int, default=50)
-    bn.add_argument("--users", type=int, default=50)
+    bn = sub.add_parser(
+        "bench",
+        help="flash and spread: the bare claim ceiling vs our engine",
+        description="make bench: flash and spread against (a) the bare claim ceiling and (b) "
+        "the engine, with 1 and 2 API processes, on embedded servers of its own under "
+        "BENCH_DATA_DIR (default .data-bench; DATABASE_URL and REDIS_URL are ignored, "
+        "BENCH_DATABASE_URL and BENCH_REDIS_URL are used if set).",
+        formatter_class=defaults,
+    )
+    bn.add_argument("--flash-requests", type=int, default=10000, help="flash: requests")
+    bn.add_argument("--flash-seats", type=int, default=1000, help="flash: seats of its show")
+    bn.add_argument(
+        "--spread-requests",
+        type=int,
+        default=50000,
+        help="spread: requests, over 50 shows, each seat tried once",
+    )
+    bn.add_argument("--concurrency", type=int, default=50, help="connections")
+    bn.add_argument("--users", type=int, default=50, help="users booking")
     bn.add_argument(
         "--workers", type=int, nargs="+", default=[1, 2], help="API processes to bench with"
     )
@@ -398,12 +470,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     except (TimeoutError, OSError) as exc:
-        if args.command in ("loadtest", "bench", "stop-embedded"):
+        # The usual start-up failure: a DATABASE_URL or REDIS_URL nothing answers at (a
+        # refused or timed-out connection, an unknown host, a socket file not there).
+        unreachable = isinstance(
+            exc, TimeoutError | ConnectionError | socket.gaierror | FileNotFoundError
+        )
+        if unreachable and args.command not in ("loadtest", "bench", "stop-embedded"):
+            print(f"error: cannot reach PostgreSQL or Redis: {exc}", file=sys.stderr)
+        else:
             print(f"error: {exc}", file=sys.stderr)
-            return 2
-        # The usual start-up failure: a DATABASE_URL or REDIS_URL nothing answers at.
-        print(f"error: cannot reach PostgreSQL or Redis: {exc}", file=sys.stderr)
-        return 1
+        return 2 if args.command in ("loadtest", "bench") else 1
 
 
 if __name__ == "__main__":

@@ -652,7 +652,9 @@ async def _scenarios(
 
 
 def _interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt
+    """SIGTERM as Ctrl-C: inside asyncio.run its SIGINT handler cancels the run (tasks end at
+    an await, not in the middle of a socket write), outside it KeyboardInterrupt is raised."""
+    signal.raise_signal(signal.SIGINT)
 
 
 def bench(args: argparse.Namespace) -> int:

@@ -172,34 +172,66 @@ async def test_a_killed_api_process_is_replaced(
         assert await _live(session, port)
 
 
-async def test_an_api_process_that_cannot_start_stops_the_supervisor(
-    settings: Settings, tmp_path: Path
+async def test_an_api_process_that_cannot_start_stops_the_supervisor(tmp_path: Path) -> None:
+    """PostgreSQL refuses every connection: every API process exits at start. The supervisor
+    tries a few times, then gives up with a non-zero status instead of looping."""
+    env = {
+        **os.environ,
+        "PORT": str(free_port()),
+        "DATABASE_URL": "postgresql://postgres@127.0.0.1:1/nothing-listens-here",
+        "REDIS_URL": "redis://127.0.0.1:1/0",
+        "JWT_SECRET": "a-secret-long-enough-for-the-settings",
+    }
+    with (tmp_path / "serve.log").open("ab") as out:
+        proc = await asyncio.create_subprocess_exec(
+            *(sys.executable, "-m", "engine", "serve", "--workers", "2"),
+            cwd=ROOT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=out,
+            start_new_session=True,
+        )
+    try:
+        code = await asyncio.wait_for(proc.wait(), 60)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert code != 0
+    log = (tmp_path / "serve.log").read_text()
+    assert "times in a row at start: stopping" in log, log[-3000:]
+    assert "SIGTERM" not in log  # it stopped by itself: no signal to tell of
+
+
+@pytest.mark.parametrize("command", [["serve", "--workers", "2"], ["serve"], ["run"]])
+async def test_a_taken_port_is_refused_at_once_and_named(
+    settings: Settings, command: list[str]
 ) -> None:
-    """The port held by a socket without SO_REUSEPORT: every API process exits at start. The
-    supervisor tries a few times, then gives up with a non-zero status instead of looping."""
+    """Not a crash loop of API processes, nor blamed on PostgreSQL or Redis."""
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
-        env = {**os.environ, "PORT": str(taken.getsockname()[1]), **_urls(settings)}
-        with (tmp_path / "serve.log").open("ab") as out:
-            proc = await asyncio.create_subprocess_exec(
-                *(sys.executable, "-m", "engine", "serve", "--workers", "2"),
-                cwd=ROOT,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=out,
-                start_new_session=True,
-            )
+        port = taken.getsockname()[1]
+        env = {**os.environ, "PORT": str(port), **_urls(settings)}
+        proc = await asyncio.create_subprocess_exec(
+            *(sys.executable, "-m", "engine", *command),
+            cwd=ROOT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
         try:
-            code = await asyncio.wait_for(proc.wait(), 60)
+            out, err = await asyncio.wait_for(proc.communicate(), 30)
         finally:
             if proc.returncode is None:
                 proc.kill()
                 await proc.wait()
-    assert code != 0
-    log = (tmp_path / "serve.log").read_text()
-    assert "times in a row at start: stopping" in log, log[-3000:]
+    assert proc.returncode == 1
+    assert f"error: cannot listen on 127.0.0.1:{port}: Address already in use" in err.decode()
+    assert b"PostgreSQL" not in err and b"starting it again" not in err and b"API on" not in out
 
 
 async def test_a_second_signal_kills_what_is_still_stopping(

@@ -79,6 +79,21 @@ def _urls(settings: Settings) -> dict[str, str]:
     }
 
 
+async def _start(argv: list[str], env: dict[str, str], log: Path) -> asyncio.subprocess.Process:
+    """`python -m engine ARGV` in a session of its own (as a terminal would run it), its output
+    in `log`."""
+    with log.open("ab") as out:
+        return await asyncio.create_subprocess_exec(
+            *(sys.executable, "-m", "engine", *argv),
+            cwd=ROOT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=out,
+            start_new_session=True,
+        )
+
+
 @pytest.fixture(params=[["serve", "--workers", "2"]], ids=lambda argv: " ".join(argv))
 async def two_workers(
     request: pytest.FixtureRequest, settings: Settings, tmp_path: Path
@@ -89,16 +104,7 @@ async def two_workers(
     port = free_port()
     listeners = 2 if request.param[0] == "serve" else 1  # `run`: the API and the worker
     env = {**os.environ, **_urls(settings), "PORT": str(port), "LOG_LEVEL": "WARNING"}
-    with (tmp_path / "serve.log").open("ab") as out:
-        proc = await asyncio.create_subprocess_exec(
-            *(sys.executable, "-m", "engine", *request.param),
-            cwd=ROOT,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=out,
-            start_new_session=True,
-        )
+    proc = await _start(request.param, env, tmp_path / "serve.log")
     try:
         deadline = time.monotonic() + START_TIMEOUT_S
         async with fresh_connections() as session:
@@ -182,16 +188,7 @@ async def test_an_api_process_that_cannot_start_stops_the_supervisor(tmp_path: P
         "REDIS_URL": "redis://127.0.0.1:1/0",
         "JWT_SECRET": "a-secret-long-enough-for-the-settings",
     }
-    with (tmp_path / "serve.log").open("ab") as out:
-        proc = await asyncio.create_subprocess_exec(
-            *(sys.executable, "-m", "engine", "serve", "--workers", "2"),
-            cwd=ROOT,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=out,
-            start_new_session=True,
-        )
+    proc = await _start(["serve", "--workers", "2"], env, tmp_path / "serve.log")
     try:
         code = await asyncio.wait_for(proc.wait(), 60)
     finally:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import getpass
 import logging
 import os
@@ -13,7 +14,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from engine.settings import Settings, SettingsError, load_settings
 
@@ -45,6 +46,20 @@ def port_problem(host: str, port: int) -> str | None:
             "(another server is there? stop it, or set PORT / HOST)"
         )
     return None
+
+
+MAX_WORKERS = 64
+
+
+def _workers(text: str) -> int:
+    """--workers, checked while the arguments are read (before any server starts)."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 1 <= n <= MAX_WORKERS:
+        raise argparse.ArgumentTypeError(f"must be from 1 to {MAX_WORKERS}")
+    return n
 
 
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
@@ -97,6 +112,7 @@ class _Child:
 
     def start(self) -> None:
         self.started = time.monotonic()
+        self.told = False  # sent SIGTERM
         self.proc = subprocess.Popen(
             [sys.executable, "-m", self.module, *self.argv], env=self.env, process_group=0
         )
@@ -112,24 +128,32 @@ def _supervise(
     """Run one child per command until a signal; a child that dies is started again (a crashed
     API process is replaced, as a process manager would), unless it keeps dying at once. The
     first SIGINT, SIGTERM or SIGHUP stops the children gracefully; a second one kills them."""
-    children = [_Child(module, argv, env) for argv in commands]
+    children: list[_Child] = []
     stopping = False
     told = False
     signals: list[int] = []
 
     def stop(signum: int, _frame: object) -> None:
         signals.append(signum)
-        halt()
+        halt(kill=len(signals) > 1)
 
-    def halt() -> None:
+    def halt(kill: bool = False) -> None:
         nonlocal stopping
-        again, stopping = stopping, True
+        stopping = True
         for child in children:
-            if child.proc.poll() is None:
-                child.proc.send_signal(signal.SIGKILL if again else signal.SIGTERM)
+            if child.proc.poll() is None and (kill or not child.told):
+                child.told = True
+                child.proc.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
 
+    # Before the first child: a signal while they start must not leave any of them behind.
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, stop)
+    for argv in commands:
+        if stopping:
+            break
+        children.append(_Child(module, argv, env))
+    if stopping:
+        halt()  # one that started while the signal was being handled
     code = 0
     while children:
         if signals and not told:  # logged here, not in the handler (which may interrupt a log)
@@ -142,7 +166,7 @@ def _supervise(
             if stopping:
                 children.remove(child)
                 if rc != -signal.SIGTERM:  # one we stopped before it could handle the signal
-                    code = code or rc
+                    code = code or _status(rc)
                 continue
             quick = time.monotonic() - child.started < QUICK_EXIT_S
             child.quick_exits = child.quick_exits + 1 if quick else 0
@@ -154,7 +178,7 @@ def _supervise(
                     child.quick_exits,
                 )
                 children.remove(child)
-                code = code or rc or 1
+                code = code or _status(rc) or 1
                 halt()
                 continue
             log.warning("%s exited %s: starting it again", child.name, rc)
@@ -164,6 +188,8 @@ def _supervise(
                     children.remove(child)
                     continue
             child.start()
+            if stopping:  # a signal came while it started
+                halt()
         try:
             signal.sigtimedwait([signal.SIGCHLD], 0.2)
         except InterruptedError:
@@ -171,6 +197,11 @@ def _supervise(
     if told:
         log.info("stopped" if code == 0 else f"stopped, exit {code}")
     return code
+
+
+def _status(rc: int) -> int:
+    """A child's return code as an exit status: killed by signal N is 128 + N, as a shell says."""
+    return 128 - rc if rc < 0 else rc
 
 
 def _names(children: list[_Child]) -> str:
@@ -306,6 +337,23 @@ def cmd_stop_embedded(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _as_ctrl_c(signum: int, _frame: object) -> None:
+    signal.raise_signal(signal.SIGINT)
+
+
+@contextlib.contextmanager
+def stops_like_ctrl_c() -> Iterator[None]:
+    """SIGTERM and SIGHUP (a terminal closing) handled as Ctrl-C: inside asyncio.run its SIGINT
+    handler cancels the run, so every `finally` runs and every child process is stopped (a
+    task interrupted by an exception raised mid-write would leave asyncio logging it)."""
+    previous = {s: signal.signal(s, _as_ctrl_c) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
 def cmd_loadtest(settings: Settings, args: argparse.Namespace) -> int:
     """Drive a server that speaks the contract; print figures, verify, exit 1 if broken."""
     from engine.loadtest import Config, config_problem, run
@@ -335,7 +383,8 @@ def cmd_loadtest(settings: Settings, args: argparse.Namespace) -> int:
         print(f"error: {problem}", file=sys.stderr)
         return 2
     _use_uvloop()
-    code, _ = asyncio.run(run(config))
+    with stops_like_ctrl_c():
+        code, _ = asyncio.run(run(config))
     return code
 
 
@@ -343,7 +392,8 @@ def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
     """The ceiling (bare claim handler) and our engine, flash and spread, side by side."""
     from engine.bench import bench
 
-    return bench(args)
+    with stops_like_ctrl_c():
+        return bench(args)
 
 
 class _ShowDefaults(argparse.ArgumentDefaultsHelpFormatter):
@@ -359,7 +409,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m engine")
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="serve the API")
-    serve.add_argument("--workers", type=int, default=1, help="processes sharing the port")
+    serve.add_argument("--workers", type=_workers, default=1, help="processes sharing the port")
     serve.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
     sub.add_parser("worker", help="run the arq worker that persists bookings")
     sub.add_parser("migrate", help="apply migrations/*.sql not yet applied")

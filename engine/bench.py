@@ -25,7 +25,6 @@ import math
 import os
 import secrets
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -44,7 +43,7 @@ from engine.auth import TokenService
 from engine.errors import Conflict, InvalidInput, NotFound, Unauthorized
 from engine.jsonutil import json_response
 from engine.seats import SeatEngine, normalise_seat, now_us
-from engine.settings import Settings, load_settings
+from engine.settings import Settings, SettingsError, load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 SEATS_KEY: web.AppKey[SeatEngine] = web.AppKey("seats", SeatEngine)
@@ -158,11 +157,15 @@ def other_redis_db(url: str, db: int) -> str:
     return urlunparse(parsed._replace(path=f"/{db}"))
 
 
-def wait_port(port: int, proc: subprocess.Popen[bytes], name: str, within: float = 30) -> None:
+def wait_port(
+    port: int, proc: subprocess.Popen[bytes], name: str, log_dir: Path, within: float = 30
+) -> None:
     deadline = time.monotonic() + within
     while True:
         if proc.poll() is not None:
-            raise RuntimeError(f"{name} exited with {proc.returncode}")
+            raise RuntimeError(
+                f"{name} exited with {proc.returncode} (its output: {log_dir / name}.log)"
+            )
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.5):
                 return
@@ -534,6 +537,12 @@ def args_problem(args: argparse.Namespace) -> str | None:
 
     if args.json and (problem := unwritable(args.json)):
         return f"--json {args.json}: {problem}"
+    for name, schemes in (
+        ("BENCH_DATABASE_URL", ("postgresql://", "postgres://")),
+        ("BENCH_REDIS_URL", ("redis://", "rediss://", "unix://")),
+    ):
+        if os.environ.get(name) and not os.environ[name].startswith(schemes):
+            return f"{name} must start with {' or '.join(schemes)}"
     if args.plot_dir:
         try:
             Path(args.plot_dir).mkdir(parents=True, exist_ok=True)
@@ -651,28 +660,24 @@ async def _scenarios(
     return code, results
 
 
-def _interrupt(signum: int, frame: Any) -> None:
-    """SIGTERM as Ctrl-C: inside asyncio.run its SIGINT handler cancels the run (tasks end at
-    an await, not in the middle of a socket write), outside it KeyboardInterrupt is raised."""
-    signal.raise_signal(signal.SIGINT)
-
-
 def bench(args: argparse.Namespace) -> int:
     """`python -m engine bench`: every process it starts is stopped however it ends (Ctrl-C
-    or SIGTERM included: exit 130), and its embedded servers with them."""
+    included, and SIGTERM or SIGHUP, which `python -m engine` turns into Ctrl-C: exit 130),
+    and its embedded servers with them."""
     problem = args_problem(args)
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return 2
     env = bench_env(dict(os.environ))
-    previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         return soak(args, env) if args.soak else _bench(args, env)
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return 130
+    except (SettingsError, RuntimeError) as exc:  # a BENCH_ setting, a server that won't start
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     finally:
-        signal.signal(signal.SIGTERM, previous)
         from engine.embedded import stop_embedded
 
         stop_embedded(Path(env["BOOKING_DATA_DIR"]))  # the bench's own embedded servers, if any
@@ -712,8 +717,8 @@ def _bench(args: argparse.Namespace, env: dict[str, str]) -> int:
                 ["-m", "engine.bench", *(["--workers", str(workers)] if workers > 1 else [])],
                 extra,
             )
-            wait_port(engine_port, engine, "engine")
-            wait_port(ceiling_port, ceiling, "ceiling")
+            wait_port(engine_port, engine, "engine", log_dir)
+            wait_port(ceiling_port, ceiling, "ceiling", log_dir)
             rc, results[workers] = asyncio.run(
                 _scenarios(
                     args,
@@ -800,7 +805,7 @@ def soak(args: argparse.Namespace, env: dict[str, str]) -> int:
     try:
         engine = procs.start("engine", ["-m", "engine", "serve"], {"PORT": str(port)})
         procs.start("worker", ["-m", "engine", "worker"], {})
-        wait_port(port, engine, "engine")
+        wait_port(port, engine, "engine", log_dir)
         url = f"http://127.0.0.1:{port}"
 
         async def main() -> tuple[int, dict[str, Any], dict[str, int], dict[str, int]]:

@@ -59,6 +59,13 @@ class Conflict(DomainError):
     detail = "Conflict."
 
 
+class BodyTimeout(DomainError):
+    """The client's fault, not a dependency's: it announced a body it did not send in time."""
+
+    status = 408
+    detail = "The request body did not arrive in full in time."
+
+
 class Unavailable(DomainError):
     status = 503
     detail = "A dependency is unavailable; retry shortly."
@@ -193,6 +200,8 @@ async def _respond(request: web.Request, handler: Handler, request_id: str) -> w
             response = await handler(request)
         except asyncio.CancelledError:
             if deadlines.leave(task):
+                if not request.content.is_eof():  # still waiting for the body it announced
+                    raise BodyTimeout() from None
                 raise TimeoutError(f"no answer within {REQUEST_DEADLINE_S} s") from None
             raise
         finally:
@@ -201,6 +210,8 @@ async def _respond(request: web.Request, handler: Handler, request_id: str) -> w
         response = json_response(error_body(exc.detail, exc.errors), status=exc.status)
         if isinstance(exc, Unavailable):
             response.headers["Retry-After"] = str(exc.retry_after_s)
+        elif isinstance(exc, BodyTimeout):
+            response.force_close()  # the rest of that body must not be read as a request
     except web.HTTPException as exc:
         if exc.status < 400:  # the 308 to the slashed path: JSON like every other answer
             response = json_response(

@@ -147,6 +147,8 @@ def parse_endpoint(url: str) -> Endpoint:
         raise ValueError(f"{url!r} is not an http:// URL (https is not supported)")
     if not parts.hostname:
         raise ValueError(f"{url!r}: no host")
+    if "@" in parts.netloc:
+        raise ValueError(f"{url!r}: no user:password@ in the URL (the harness logs in itself)")
     if parts.query or parts.fragment or url.endswith(("?", "#")):
         # paths are appended to the base URL: a query or fragment would swallow them
         raise ValueError(f"{url!r}: a base URL has no query (?) or fragment (#)")
@@ -1827,6 +1829,14 @@ def config_problem(cfg: Config) -> str | None:
             return f"{name} must be at least 1"
     if cfg.seats is not None and cfg.seats > MAX_SEATS:
         return f"--seats must be at most {MAX_SEATS} (the contract's bound on total_seats)"
+    for name, value, most in (
+        ("--requests", cfg.requests, 100_000_000),
+        ("--concurrency", cfg.concurrency, 10_000),
+        ("--users", cfg.users, 100_000),
+        ("--shows", cfg.show_count, 10_000),
+    ):
+        if value is not None and value > most:
+            return f"{name} must be at most {most:,}"
     for url in (cfg.url, cfg.auth_url):
         if url is not None:
             try:
@@ -1923,7 +1933,7 @@ async def _run(cfg: Config, out: TextIO) -> tuple[int, dict[str, Any]]:
             print(f"  - {p}", file=out)
     else:
         print("verified: " + "; ".join(checked), file=out)
-    for what in h.unverified:
+    for what in dict.fromkeys(h.unverified):  # each reason once
         print(f"NOT VERIFIED: {what}", file=out)
     if not_clean:
         print(f"NOT CLEAN: {not_clean}", file=out)

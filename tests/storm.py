@@ -57,6 +57,24 @@ def free_port() -> int:
 # --- processes --------------------------------------------------------------------------------
 
 
+def processes_marked(mark: str) -> list[int]:
+    """Live processes whose environment holds `mark` (a variable a test gave the command it
+    started): everything that command started, orphans and daemons included."""
+    needle = mark.encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if needle in (entry / "environ").read_bytes():
+                state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+                if state != "Z":
+                    found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
 class Service:
     """One `python -m engine <command>` process; stdout and stderr go to a log file."""
 

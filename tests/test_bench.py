@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from engine.bench import args_problem, bench_env, data_dir_problem, targets_report
+from tests.storm import processes_marked
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -41,24 +42,6 @@ def _bench_env(data_dir: Path) -> dict[str, str]:
     }
     env["BENCH_DATA_DIR"] = str(data_dir)
     return env
-
-
-def _processes_of(data_dir: Path) -> list[int]:
-    """Live processes started for this bench: their command line or environment names its data
-    directory (the API, worker and ceiling inherit BENCH_DATA_DIR; Redis and PostgreSQL too)."""
-    mark = str(data_dir).encode()
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            seen = (entry / "cmdline").read_bytes() + (entry / "environ").read_bytes()
-            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if mark in seen and state != "Z":
-            found.append(int(entry.name))
-    return found
 
 
 @pytest.mark.slow
@@ -86,11 +69,15 @@ def test_a_tiny_bench_runs_both_servers_verifies_and_stops_them(
     assert "| flash | requests/s |" in done.stdout and "1 API process(es):" in done.stdout
     assert len(list((data_dir / "bench-plots").glob("*.png"))) == 4
     # Everything it started is gone: its Redis, its PostgreSQL, its API, worker and ceiling.
-    assert _processes_of(data_dir) == []
+    assert processes_marked(str(data_dir)) == []
 
 
 @pytest.mark.slow
-def test_a_bench_stopped_by_sigterm_stops_everything_it_started(data_dir: Path) -> None:
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+def test_a_bench_stopped_by_a_signal_stops_everything_it_started(
+    data_dir: Path, signum: int
+) -> None:
+    """SIGTERM, or SIGHUP (the terminal closing) mid-run: every process it started stops."""
     argv = [
         *(sys.executable, "-m", "engine", "bench", "--workers", "2", "--users", "5"),
         *("--concurrency", "5", "--flash-requests", "1000000"),
@@ -104,18 +91,18 @@ def test_a_bench_stopped_by_sigterm_stops_everything_it_started(data_dir: Path) 
             if line.startswith(b"== flash against (a) ceiling"):
                 break
         time.sleep(2)
-        started = _processes_of(data_dir)
+        started = processes_marked(str(data_dir))
         assert len(started) >= 6, started  # supervisor + 2 API, worker, ceiling + 2, Redis, PG
-        bench.send_signal(signal.SIGTERM)
+        bench.send_signal(signum)
         _, err = bench.communicate(timeout=60)
     finally:
         bench.kill()
     assert bench.returncode == 130 and b"interrupted" in err, err.decode()
     assert b"Traceback" not in err and b"never retrieved" not in err, err.decode()
     deadline = time.monotonic() + 10
-    while _processes_of(data_dir) and time.monotonic() < deadline:
+    while processes_marked(str(data_dir)) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert _processes_of(data_dir) == []
+    assert processes_marked(str(data_dir)) == []
 
 
 def _args(**given: Any) -> argparse.Namespace:
@@ -203,3 +190,11 @@ def test_targets_are_judged_and_a_disturbed_ceiling_is_flagged() -> None:
     assert "WARNING: flash" not in text
     results[2]["spread"] = {"ceiling": _fig(10000), "engine": _fig(6990)}
     assert "spread 0.69 of the ceiling; target 0.70: MISSED" in "\n".join(targets_report(results))
+
+
+@pytest.mark.parametrize("name", ["BENCH_DATABASE_URL", "BENCH_REDIS_URL"])
+def test_a_bench_server_url_of_the_wrong_kind_is_refused_by_its_name(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(name, "garbage")
+    assert (args_problem(_args()) or "").startswith(f"{name} must start with ")

@@ -48,6 +48,7 @@ from engine.persistence import mark_unpersisted, persist_dirty
 from engine.seats import Scripts
 from engine.settings import Settings
 from tests.conftest import Api, serving
+from tests.storm import processes_marked
 
 
 async def admin_config(http: Api, pg: asyncpg.Pool, server: str, **kw: Any) -> Config:
@@ -774,6 +775,9 @@ async def test_a_database_it_cannot_check_is_reported_not_a_traceback(
         (["--requests", "5", "--url", "http://127.0.0.1:1/#top"], "no query (?) or fragment"),
         (["--requests", "5", "--url", "http://127.0.0.1:0"], "the port must be a number from 1"),
         (["--requests", "5", "--url", "http://127.0.0.1:99999"], "the port must be a number"),
+        (["--requests", "5", "--url", "http://u:pw@127.0.0.1:8000"], "no user:password@"),
+        (["--requests", str(10**20)], "--requests must be at most 100,000,000"),
+        (["--requests", "5", "--concurrency", "100000"], "--concurrency must be at most 10,000"),
     ],
 )
 def test_cli_refuses_bad_arguments_before_sending_anything(args: list[str], message: str) -> None:
@@ -1012,41 +1016,52 @@ async def test_a_json_file_that_cannot_be_written_after_the_run_is_exit_2(
     assert "Traceback" not in err
 
 
-async def test_ctrl_c_during_a_run_says_interrupted_and_exits_130() -> None:
-    """`python -m engine loadtest` in a child process, SIGINT sent to it by pid mid-run."""
+@pytest.mark.parametrize(
+    ("signum", "ceiling"),
+    [
+        (signal.SIGINT, False),
+        (signal.SIGTERM, False),
+        (signal.SIGHUP, False),
+        (signal.SIGTERM, True),  # while it measures its own ceiling, in a child process
+    ],
+)
+async def test_a_signal_during_a_run_says_interrupted_exits_130_and_stops_its_child(
+    signum: int, ceiling: bool
+) -> None:
+    """`python -m engine loadtest` in a child process: Ctrl-C, SIGTERM or SIGHUP (a terminal
+    closing) sent to it by pid, mid-run or while the client's ceiling is measured."""
+    mark = f"LOADTEST_TEST_MARK_{os.getpid()}_{signum}_{ceiling}"
     async with serving(contract_app()) as url:
         proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "engine",
-            "loadtest",
-            "--url",
-            url,
-            "--duration",
-            "30",
-            "--users",
-            "2",
-            "--concurrency",
-            "2",
-            "--admin-user",
-            "admin",
-            "--admin-password",
-            "whatever-pass",
-            "--no-client-ceiling",
+            *(sys.executable, "-m", "engine", "loadtest", "--url", url, "--duration", "30"),
+            *("--users", "2", "--concurrency", "2", "--admin-user", "admin"),
+            *("--admin-password", "whatever-pass"),
+            *([] if ceiling else ["--no-client-ceiling"]),
             stderr=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
-            env={**os.environ, **CLI_ENV},
+            env={**os.environ, **CLI_ENV, mark: "1"},
         )
         try:
             assert proc.stderr is not None
-            # the first progress line: the clock runs
-            line = await asyncio.wait_for(proc.stderr.readline(), 20)
-            assert b"req/s" in line, line
-            proc.send_signal(signal.SIGINT)
+            if ceiling:  # its trivial server has started
+                for _ in range(2000):
+                    if len(processes_marked(mark)) > 1:
+                        break
+                    await asyncio.sleep(0.01)
+                assert len(processes_marked(mark)) > 1
+            else:  # the first progress line: the clock runs
+                line = await asyncio.wait_for(proc.stderr.readline(), 20)
+                assert b"req/s" in line, line
+            proc.send_signal(signum)
             _, err = await asyncio.wait_for(proc.communicate(), 20)
         finally:
             if proc.returncode is None:
                 proc.kill()
                 await proc.wait()
     assert proc.returncode == 130, err
-    assert b"interrupted" in err and b"Traceback" not in err
+    assert b"interrupted" in err and b"Traceback" not in err and b"never retrieved" not in err
+    for _ in range(50):
+        if not processes_marked(mark):
+            break
+        await asyncio.sleep(0.1)
+    assert processes_marked(mark) == []

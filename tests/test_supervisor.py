@@ -19,7 +19,7 @@ import aiohttp
 import pytest
 
 from engine.settings import Settings
-from tests.storm import START_TIMEOUT_S, free_port
+from tests.storm import START_TIMEOUT_S, free_port, processes_marked
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -248,4 +248,43 @@ async def test_a_second_signal_kills_what_is_still_stopping(
     await asyncio.wait_for(supervisor.wait(), 5)
     assert time.monotonic() - started < 3
     assert not any(alive(pid) for pid in workers), workers
+    assert supervisor.returncode == 128 + signal.SIGKILL  # as a shell tells a killed child
     writer.close()
+
+
+@pytest.mark.parametrize("attempt", [1, 2, 3])
+async def test_a_signal_while_the_children_start_leaves_none_behind(
+    settings: Settings, tmp_path: Path, attempt: int
+) -> None:
+    """SIGTERM as soon as the first child exists, while the others are being started."""
+    mark = f"SUPERVISOR_TEST_MARK_{os.getpid()}_{attempt}"
+    env = {**os.environ, **_urls(settings), "PORT": str(free_port()), mark: "1"}
+    proc = await _start(["serve", "--workers", "12"], env, tmp_path / "serve.log")
+    for _ in range(10_000):  # 10 s at most
+        if children_of(proc.pid) or proc.returncode is not None:
+            break
+        await asyncio.sleep(0.001)
+    proc.send_signal(signal.SIGTERM)
+    try:
+        await asyncio.wait_for(proc.wait(), 30)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+    for _ in range(100):  # children stopping: 10 s at most
+        if not processes_marked(mark):
+            break
+        await asyncio.sleep(0.1)
+    assert processes_marked(mark) == [], (tmp_path / "serve.log").read_text()[-2000:]
+    assert proc.returncode == 0, (tmp_path / "serve.log").read_text()[-2000:]
+
+
+@pytest.mark.parametrize("workers", ["0", "-1", "65"])
+def test_a_number_of_workers_out_of_range_is_refused(workers: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "engine", "serve", "--workers", workers],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 2 and "--workers: must be from 1 to 64" in done.stderr

@@ -510,31 +510,22 @@ def _setup(env: dict[str, str]) -> Settings:
 
 def args_problem(args: argparse.Namespace) -> str | None:
     """Why these bench arguments cannot run (before any process starts), or None."""
-    positive = {
-        "--flash-requests": args.flash_requests,
-        "--flash-seats": args.flash_seats,
-        "--spread-requests": args.spread_requests,
-        "--concurrency": args.concurrency,
-        "--users": args.users,
-        "--soak": args.soak if args.soak is not None else 1,
-    }
-    for name, value in positive.items():
-        if value < 1:
-            return f"{name} must be at least 1"
-    for name, value, most in (
-        ("--flash-requests", args.flash_requests, 1_000_000),
-        ("--flash-seats", args.flash_seats, 10_000),
-        ("--spread-requests", args.spread_requests, 500_000),
-        ("--concurrency", args.concurrency, 1_000),
-        ("--users", args.users, 10_000),
-        ("--soak", args.soak or 1, 100_000_000),
-    ):
-        if value > most:
-            return f"{name} must be at most {most:,}"
+    from engine.loadtest import out_of_range, unwritable
+
+    problem = out_of_range(
+        [
+            ("--flash-requests", args.flash_requests, 1, 1_000_000),
+            ("--flash-seats", args.flash_seats, 1, 10_000),
+            ("--spread-requests", args.spread_requests, 1, 500_000),
+            ("--concurrency", args.concurrency, 1, 1_000),
+            ("--users", args.users, 1, 10_000),
+            ("--soak", args.soak, 1, 100_000_000),
+        ]
+    )
+    if problem:
+        return problem
     if any(n < 1 or n > MAX_WORKERS for n in args.workers):
         return f"--workers must be from 1 to {MAX_WORKERS}"
-    from engine.loadtest import unwritable
-
     if args.json and (problem := unwritable(args.json)):
         return f"--json {args.json}: {problem}"
     for name, schemes in (

@@ -41,7 +41,7 @@ import time
 from array import array
 from bisect import bisect_left
 from collections import Counter, defaultdict
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -1806,37 +1806,40 @@ def unwritable(path: str) -> str | None:
     return None
 
 
+def out_of_range(checks: Iterable[tuple[str, int | None, int, int]]) -> str | None:
+    """The first of (option, value, least, most) whose value is outside its range, said as
+    the refusal; options not given (None) pass."""
+    for name, value, least, most in checks:
+        if value is not None and value < least:
+            return f"{name} must be at least {least:,}"
+        if value is not None and value > most:
+            return f"{name} must be at most {most:,}"
+    return None
+
+
 def config_problem(cfg: Config) -> str | None:
     """Why this configuration cannot run (before anything is sent), or None."""
     if cfg.scenario not in SCENARIOS:
         return f"unknown scenario {cfg.scenario!r}"
     if (cfg.requests is None) == (cfg.duration is None):
         return "give exactly one of --requests and --duration"
-    if cfg.concurrency < 1:
-        return "--concurrency must be at least 1"
-    if cfg.requests is not None and cfg.requests < 1:
-        return "--requests must be at least 1"
     if cfg.duration is not None and not cfg.duration > 0:
         return "--duration must be more than 0 seconds"
     if cfg.duration is not None and not cfg.duration <= MAX_DURATION_S:  # inf included
         return f"--duration must be at most {MAX_DURATION_S:.0f} seconds (a day)"
-    for name, value in (
-        ("--users", cfg.users),
-        ("--shows", cfg.show_count),
-        ("--seats", cfg.seats),
-    ):
-        if value is not None and value < 1:
-            return f"{name} must be at least 1"
     if cfg.seats is not None and cfg.seats > MAX_SEATS:
         return f"--seats must be at most {MAX_SEATS} (the contract's bound on total_seats)"
-    for name, value, most in (
-        ("--requests", cfg.requests, 100_000_000),
-        ("--concurrency", cfg.concurrency, 10_000),
-        ("--users", cfg.users, 100_000),
-        ("--shows", cfg.show_count, 10_000),
-    ):
-        if value is not None and value > most:
-            return f"{name} must be at most {most:,}"
+    problem = out_of_range(
+        [
+            ("--concurrency", cfg.concurrency, 1, 10_000),
+            ("--requests", cfg.requests, 1, 100_000_000),
+            ("--users", cfg.users, 1, 100_000),
+            ("--shows", cfg.show_count, 1, 10_000),
+            ("--seats", cfg.seats, 1, MAX_SEATS),
+        ]
+    )
+    if problem:
+        return problem
     for url in (cfg.url, cfg.auth_url):
         if url is not None:
             try:

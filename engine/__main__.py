@@ -67,7 +67,7 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
         print(f"error: {problem}", file=sys.stderr)
         return 1
     if args.workers > 1:
-        return _serve_many(args.workers)
+        return _serve_many(args.workers, settings)
     from aiohttp import web
 
     from engine.app import create_app, freeze_heap
@@ -75,6 +75,8 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     _use_uvloop()
     app = create_app(settings)
     app.on_startup.append(freeze_heap)
+    # run_app stops gracefully on SIGINT and SIGTERM; a terminal closing (SIGHUP) too.
+    signal.signal(signal.SIGHUP, lambda *_: signal.raise_signal(signal.SIGTERM))
     web.run_app(
         app,
         host=settings.host,
@@ -87,10 +89,21 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def _serve_many(workers: int) -> int:
+def _serve_many(workers: int, settings: Settings) -> int:
     """One process per core, sharing the port (SO_REUSEPORT)."""
     log.info("serving with %s processes", workers)
-    return _supervise([["serve", "--reuse-port"]] * workers)
+    return _supervise([["serve", "--reuse-port"]] * workers, _children_env(settings))
+
+
+def _children_env(settings: Settings) -> dict[str, str]:
+    """The supervised children's environment: the servers found or started already, so that no
+    child starts, or registers with, an embedded server itself (a child stopped while pgserver
+    rewrote its file of handles left it empty, and the data folder unusable)."""
+    env = dict(os.environ)
+    env.setdefault("DATABASE_URL", settings.database_url)
+    env.setdefault("REDIS_URL", settings.redis_url)
+    env.setdefault("JWT_SECRET", settings.jwt_secret)
+    return env
 
 
 # A child that ends this soon after it started, this many times in a row, will not come up
@@ -165,7 +178,10 @@ def _supervise(
                 continue
             if stopping:
                 children.remove(child)
-                if rc != -signal.SIGTERM:  # one we stopped before it could handle the signal
+                # What counts: a child that failed its own graceful stop, or one the second
+                # signal killed; not one stopped by our SIGTERM before it could handle it, nor
+                # one killed by someone else just before the stop (it would have been replaced).
+                if rc > 0 or (rc == -signal.SIGKILL and len(signals) > 1):
                     code = code or _status(rc)
                 continue
             quick = time.monotonic() - child.started < QUICK_EXIT_S
@@ -194,7 +210,9 @@ def _supervise(
             signal.sigtimedwait([signal.SIGCHLD], 0.2)
         except InterruptedError:
             pass
-    if told:
+    if signals and not told:
+        log.info("%s: stopping", signal.Signals(signals[0]).name)
+    if signals or told:
         log.info("stopped" if code == 0 else f"stopped, exit {code}")
     return code
 
@@ -281,11 +299,7 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
         return 1
     cmd_migrate(settings, args)
     cmd_demo(settings, args)
-    env = dict(os.environ)
-    # The children find the same embedded servers; pass the URLs so they need not look.
-    env.setdefault("DATABASE_URL", settings.database_url)
-    env.setdefault("REDIS_URL", settings.redis_url)
-    env.setdefault("JWT_SECRET", settings.jwt_secret)
+    env = _children_env(settings)
     print(f"API on http://{settings.host}:{settings.port}/  (docs: /swagger/)  Ctrl-C stops")
     return _supervise([["serve"], ["worker"]], env)
 

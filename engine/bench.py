@@ -268,6 +268,8 @@ class Processes:
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=out,
+                # Ctrl-C reaches only the bench, which stops each of them with one SIGTERM.
+                process_group=0,
             )
         self.procs[name] = proc
         return proc

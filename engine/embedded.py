@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import json
 import os
 import shutil
 import socket
@@ -35,9 +36,28 @@ def _locked(data_dir: Path, name: str) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
+def _repair_handles(pgdata: Path) -> None:
+    """pgserver keeps the pids of the processes using the server in a JSON file it rewrites in
+    place (truncate, then write): a process killed in between leaves it empty, and every later
+    pgserver call fails on it. Keep it a list, of live processes only (killed ones never leave
+    it)."""
+    path = pgdata / ".handle_pids.json"
+    try:
+        pids = json.loads(path.read_text())
+    except FileNotFoundError:
+        return
+    except (OSError, ValueError):
+        pids = None
+    listed = pids if isinstance(pids, list) else []
+    alive = [pid for pid in listed if isinstance(pid, int) and Path(f"/proc/{pid}").exists()]
+    if alive != pids:
+        path.write_text(json.dumps(alive))
+
+
 def ensure_postgres(data_dir: Path, database: str = DATABASE_NAME) -> str:
     """Start (or find) the embedded PostgreSQL server and return a URL to `database`."""
     with _locked(data_dir, "postgres"):
+        _repair_handles(data_dir / "postgres")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # platformdirs warns about XDG_RUNTIME_DIR
             import pgserver

@@ -1461,6 +1461,10 @@ async def measure_client_ceiling(concurrency: int, seconds: float = 2.0) -> Ceil
         "0",
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
+        # Out of the terminal's process group: Ctrl-C reaches only the harness, which stops it
+        # (a child still starting Python when the SIGINT came died with a fatal error). Not
+        # process_group=0: uvloop refuses it.
+        start_new_session=True,
     )
     try:
         assert proc.stdout is not None

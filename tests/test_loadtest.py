@@ -1048,7 +1048,7 @@ async def test_a_signal_during_a_run_says_interrupted_exits_130_and_stops_its_ch
                     if len(processes_marked(mark)) > 1:
                         break
                     await asyncio.sleep(0.01)
-                assert len(processes_marked(mark)) > 1
+                assert len(processes_marked(mark)) > 1, (proc.returncode, await proc.stderr.read())
             else:  # the first progress line: the clock runs
                 line = await asyncio.wait_for(proc.stderr.readline(), 20)
                 assert b"req/s" in line, line

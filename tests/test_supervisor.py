@@ -156,6 +156,40 @@ async def test_ctrl_c_stops_every_process_with_status_0(
     assert not any(alive(pid) for pid in workers), workers
 
 
+async def test_a_stop_right_after_a_child_died_is_still_clean(
+    two_workers: tuple[asyncio.subprocess.Process, int],
+) -> None:
+    """A child killed by someone else just before the SIGTERM: not an error of the stop."""
+    supervisor, _port = two_workers
+    os.kill(min(children_of(supervisor.pid)), signal.SIGKILL)
+    supervisor.send_signal(signal.SIGTERM)
+    assert await asyncio.wait_for(supervisor.wait(), 15) == 0
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+async def test_a_single_api_process_stops_cleanly_on_sigterm_or_sighup(
+    settings: Settings, tmp_path: Path, signum: int
+) -> None:
+    """`serve` without --workers runs no supervisor: SIGHUP (a terminal closing) stops it
+    gracefully too, exit 0."""
+    port = free_port()
+    env = {**os.environ, **_urls(settings), "PORT": str(port), "LOG_LEVEL": "WARNING"}
+    proc = await _start(["serve"], env, tmp_path / "serve.log")
+    try:
+        async with fresh_connections() as session:
+            for _ in range(int(START_TIMEOUT_S * 10)):
+                if await _live(session, port):
+                    break
+                assert proc.returncode is None, (tmp_path / "serve.log").read_text()
+                await asyncio.sleep(0.1)
+        proc.send_signal(signum)
+        assert await asyncio.wait_for(proc.wait(), 15) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
 async def test_a_killed_api_process_is_replaced(
     two_workers: tuple[asyncio.subprocess.Process, int],
 ) -> None:

@@ -158,12 +158,11 @@ def parse_endpoint(url: str) -> Endpoint:
         port = 0
     if port == 0:
         raise ValueError(f"{url!r}: the port must be a number from 1 to 65535")
-    netloc = parts.netloc.rpartition("@")[2]
     return Endpoint(
         host=parts.hostname,
         port=port or 80,
         prefix=parts.path.rstrip("/").encode(),
-        host_line=b"Host: " + netloc.encode("idna") + b"\r\n",
+        host_line=b"Host: " + parts.netloc.encode("idna") + b"\r\n",
     )
 
 
@@ -543,10 +542,11 @@ OFF_CLOCK_ERRORS = (SetupError, aiohttp.ClientError, OSError, KeyError, TypeErro
 def seat_count(show: Any, show_id: int) -> int:
     """A show's total_seats as the server gave it, if the contract allows it (1-10000): a run
     must not try to label 10**12 seats."""
-    total = show.get("total_seats") if isinstance(show, dict) else None
-    if isinstance(total, bool) or not isinstance(total, int) or not 1 <= total <= MAX_SEATS:
+    given = show.get("total_seats") if isinstance(show, dict) else None
+    total = _positive_int(given)
+    if total is None or total > MAX_SEATS:
         raise SetupError(
-            f"show {show_id}: the server gave total_seats {_excerpt(total)}, not a number of "
+            f"show {show_id}: the server gave total_seats {_excerpt(given)}, not a number of "
             f"seats from 1 to {MAX_SEATS}"
         )
     return total
@@ -630,11 +630,16 @@ def _loads(body: bytes) -> Any:
         return None
 
 
+def _integer(value: Any) -> int | None:
+    """A JSON integer as the server gave it (not a bool, which Python counts as one), else
+    None."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
 def _positive_int(value: Any) -> int | None:
-    """An id as the contract gives it (a positive integer, not a bool), else None."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        return None
-    return value
+    """An id as the contract gives it (a positive integer), else None."""
+    number = _integer(value)
+    return number if number is not None and number >= 1 else None
 
 
 def booking_record(booking: Any, show_id: int, seat: str) -> tuple[int, int, str] | None:
@@ -1113,7 +1118,7 @@ class Harness:
             except (aiohttp.ClientError, OSError):  # TimeoutError is an OSError
                 pass
             elapsed = time.monotonic() - t0
-            if isinstance(now_pending, int) and not isinstance(now_pending, bool):
+            if _integer(now_pending) is not None:
                 pending = now_pending
                 if pending == 0:
                     return Drain(elapsed, 0, oldest, True)
@@ -1273,8 +1278,8 @@ class Harness:
                     )
                     return
                 body = await _json(resp)
-            available = body.get("available_seats") if isinstance(body, dict) else None
-            if isinstance(available, bool) or not isinstance(available, int):
+            available = _integer(body.get("available_seats") if isinstance(body, dict) else None)
+            if available is None:
                 raise Unverifiable(
                     f"GET /api/shows/{show.id}/ answered {_excerpt(body)}: no available_seats"
                 )
@@ -1368,10 +1373,11 @@ class Bounds(NamedTuple):
 
 def my_booking(booking: Any) -> tuple[int, int, str]:
     """(id, show id, status) of a booking in my-bookings; Unverifiable if it lacks one."""
-    show = booking.get("show") if isinstance(booking, dict) else None
-    booking_id = _positive_int(booking.get("id")) if isinstance(booking, dict) else None
+    fields = booking if isinstance(booking, dict) else {}
+    show = fields.get("show")
+    booking_id = _positive_int(fields.get("id"))
     show_id = _positive_int(show.get("id")) if isinstance(show, dict) else None
-    status = booking.get("status") if isinstance(booking, dict) else None
+    status = fields.get("status")
     if booking_id is None or show_id is None or not isinstance(status, str):
         raise Unverifiable(
             f"GET /api/my-bookings/ listed {_excerpt(booking)}: not a booking with an id, a "
@@ -1587,6 +1593,8 @@ def summarise(
 ) -> dict[str, Any]:
     rec = h.rec
     n = len(rec)
+    unknown_books = sum(h.stats.unknown_books.values())
+    unknown_cancels = sum(h.stats.unknown_cancels.values())
     wanted = (50, 90, 99, 99.9)
     found = percentiles(rec.latency, wanted)
     ms = {f"p{p}_ms".replace(".", "_"): round(found[p] * 1000, 2) for p in wanted}
@@ -1628,10 +1636,9 @@ def summarise(
         "errors": sum(h.stats.errors.values()),
         "no_answer": rec.status.count(0),
         "turned_away_503": h.stats.turned_away,
-        "unknown_outcomes": sum(h.stats.unknown_books.values())
-        + sum(h.stats.unknown_cancels.values()),
-        "unknown_books": sum(h.stats.unknown_books.values()),
-        "unknown_cancels": sum(h.stats.unknown_cancels.values()),
+        "unknown_outcomes": unknown_books + unknown_cancels,
+        "unknown_books": unknown_books,
+        "unknown_cancels": unknown_cancels,
         "errors_by_status": dict(sorted(h.stats.errors.items())),
         "statuses": dict(sorted(statuses.items())),
         "by_kind": dict(sorted(by_kind.items())),

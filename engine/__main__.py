@@ -143,7 +143,7 @@ def _supervise(
     first SIGINT, SIGTERM or SIGHUP stops the children gracefully; a second one kills them."""
     children: list[_Child] = []
     stopping = False
-    told = False
+    announced = False  # the stop logged
     signals: list[int] = []
 
     def stop(signum: int, _frame: object) -> None:
@@ -169,8 +169,8 @@ def _supervise(
         halt()  # one that started while the signal was being handled
     code = 0
     while children:
-        if signals and not told:  # logged here, not in the handler (which may interrupt a log)
-            told = True
+        if signals and not announced:  # logged here: the handler may have interrupted a log call
+            announced = True
             log.info("%s: stopping %s", signal.Signals(signals[0]).name, _names(children))
         for child in list(children):
             rc = child.proc.poll()
@@ -210,9 +210,9 @@ def _supervise(
             signal.sigtimedwait([signal.SIGCHLD], 0.2)
         except InterruptedError:
             pass
-    if signals and not told:
-        log.info("%s: stopping", signal.Signals(signals[0]).name)
-    if signals or told:
+    if signals:
+        if not announced:
+            log.info("%s: stopping", signal.Signals(signals[0]).name)
         log.info("stopped" if code == 0 else f"stopped, exit {code}")
     return code
 

@@ -456,6 +456,11 @@ def _fresh_data_dir(data_dir: Path) -> None:
         time.sleep(0.05)
     shutil.rmtree(data_dir, ignore_errors=True)
     data_dir.mkdir(parents=True)
+    _mark_as_bench_data(data_dir)
+
+
+def _mark_as_bench_data(data_dir: Path) -> None:
+    """What lets a later bench empty this directory again (see data_dir_problem)."""
     (data_dir / BENCH_MARK).write_text("make bench's own data: emptied by every bench run\n")
 
 
@@ -473,7 +478,7 @@ def data_dir_problem(data_dir: Path) -> str | None:
             data_dir.mkdir(parents=True)
         except OSError as exc:
             return f"BENCH_DATA_DIR {data_dir}: cannot create it: {exc.strerror or exc}"
-        (data_dir / BENCH_MARK).write_text("make bench's own data: emptied by every bench run\n")
+        _mark_as_bench_data(data_dir)
         return None
     if data_dir == default or (data_dir / BENCH_MARK).exists():
         return None

@@ -16,7 +16,7 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -157,16 +157,34 @@ async def redis(settings: Settings) -> AsyncIterator[ArqRedis]:
 
 
 @contextlib.asynccontextmanager
-async def serving(app: web.Application) -> AsyncIterator[str]:
-    """An aiohttp app on a free local port, in this process; yields its base URL."""
+async def stoppable(
+    app: web.Application,
+) -> AsyncIterator[tuple[str, Callable[[], Awaitable[None]]]]:
+    """An aiohttp app on a free local port, in this process; yields its base URL and a
+    coroutine function that stops the server before the block ends (its port then refuses)."""
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
+    stopped = False
+
+    async def stop() -> None:
+        nonlocal stopped
+        if not stopped:
+            stopped = True
+            await runner.cleanup()
+
     try:
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}", stop
     finally:
-        await runner.cleanup()
+        await stop()
+
+
+@contextlib.asynccontextmanager
+async def serving(app: web.Application) -> AsyncIterator[str]:
+    """An aiohttp app on a free local port, in this process; yields its base URL."""
+    async with stoppable(app) as (url, _stop):
+        yield url
 
 
 @pytest.fixture(scope="session")

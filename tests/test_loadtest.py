@@ -47,7 +47,7 @@ from engine.loadtest import (
 from engine.persistence import mark_unpersisted, persist_dirty
 from engine.seats import Scripts
 from engine.settings import Settings
-from tests.conftest import Api, serving
+from tests.conftest import Api, serving, stoppable
 from tests.storm import processes_marked
 
 
@@ -825,29 +825,6 @@ async def test_setup_requests_answered_503_are_retried() -> None:
 
 
 # --- an unclean run, a server that goes away, odd answers -------------------------------------
-
-
-@contextlib.asynccontextmanager
-async def stoppable(
-    app: web.Application,
-) -> AsyncIterator[tuple[str, Callable[[], Awaitable[None]]]]:
-    """As `serving`, and a coroutine function that stops the server (its port then refuses)."""
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    stopped = False
-
-    async def stop() -> None:
-        nonlocal stopped
-        if not stopped:
-            stopped = True
-            await runner.cleanup()
-
-    try:
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}", stop
-    finally:
-        await stop()
 
 
 async def test_an_api_that_goes_away_is_backed_off_from_and_unverified() -> None:
